@@ -1,0 +1,31 @@
+# The two commands: `make up` runs the whole cluster locally, `make test` runs the suite.
+# `make setup` is what both do first; it is idempotent and installs everything needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox chromium iproute2
+STAMP := $(VENV)/.installed
+
+.PHONY: setup up test lint bench bench-smoke clean
+
+setup: $(STAMP)
+	@$(BIN)/ksc model prepare
+
+$(STAMP): pyproject.toml
+	@scripts/install-system-packages $(APT_PACKAGES)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+up: setup
+	$(BIN)/ksc up
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy gateway decoder_worker shared
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
