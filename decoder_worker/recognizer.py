@@ -1,0 +1,198 @@
+"""Engine + endpointer = numbered partial and final results for one audio stream.
+
+Pure logic over the :class:`~decoder_worker.engine.Engine` protocol: no I/O, no Kaldi
+import. The worker feeds it the session's audio and forwards the events; tests drive
+it with a fake engine.
+
+Only audio inside speech segments reaches the engine. Besides saving CPU in silence,
+it measured slightly better than decoding the gaps too (docs/engine.md).
+
+Segment numbers count emitted finals only: a segment that decodes to nothing (a cough
+the VAD took for speech) produces no final and leaves no hole in the numbering, which
+kaldi-gstreamer-server clients rely on. Partials carry the number the open segment
+will get if it produces a final.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from decoder_worker.endpoint import (
+    DEFAULT_ENDPOINTER,
+    Endpointer,
+    EndpointerConfig,
+    SpeechEnd,
+    SpeechStart,
+)
+from decoder_worker.engine import Engine
+from decoder_worker.model import EndpointRules
+
+__all__ = ["Event", "Final", "Partial", "Recognizer", "decode_pcm"]
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Best-path text of the open segment so far."""
+
+    segment: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Final:
+    """A finished segment. Times in seconds from the start of the stream."""
+
+    segment: int
+    text: str
+    likelihood: float
+    start: float
+    length: float
+    total: float
+
+
+Event = Partial | Final
+
+
+class Recognizer:
+    """Segments a stream and decodes each segment with one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        rules: EndpointRules,
+        *,
+        partial_interval: float = 0.5,
+        first_segment: int = 0,
+        offset_samples: int = 0,
+        endpointer: EndpointerConfig = DEFAULT_ENDPOINTER,
+    ) -> None:
+        self._engine = engine
+        self._rate = engine.sample_rate
+        self._endpointer = Endpointer(rules, self._rate, endpointer, offset_samples=offset_samples)
+        self._partial_samples = partial_interval * self._rate
+        self._next_segment = first_segment
+        self._carry = b""
+        # Audio not yet given to the engine, from absolute sample _buf_start on.
+        self._buf = bytearray()
+        self._buf_start = offset_samples
+        self._received = offset_samples
+        self._seg_start: int | None = None
+        self._fed = 0  # absolute sample up to which the open segment was fed
+        self._since_partial = 0
+        self._last_partial = ""
+
+    @property
+    def open_segment_start(self) -> int:
+        """Where a replay after failover must restart to reproduce what comes next.
+
+        The start of the open segment; with none open, the earliest sample a segment
+        not yet detected could start at (its pre-roll may reach back a little), which
+        is at most a fraction of a second before the current position.
+        """
+        if self._seg_start is not None:
+            return self._seg_start
+        return self._endpointer.earliest_next_start
+
+    @property
+    def samples_received(self) -> int:
+        """Absolute number of samples received, ``offset_samples`` included."""
+        return self._received
+
+    @property
+    def next_segment(self) -> int:
+        """The number the next final will carry."""
+        return self._next_segment
+
+    def feed(self, pcm: bytes) -> list[Event]:
+        """Consume s16le mono PCM of any length and return the events it completes."""
+        data = self._carry + pcm
+        usable = len(data) - len(data) % 2
+        self._carry = data[usable:]
+        data = data[:usable]
+        self._buf.extend(data)
+        self._received += len(data) // 2
+        events: list[Event] = []
+        for speech in self._endpointer.feed(data):
+            if isinstance(speech, SpeechStart):
+                self._open(speech.sample)
+            else:
+                self._close(speech, events)
+        if self._seg_start is not None:
+            self._feed_engine(self._received, events)
+        else:
+            self._trim(self._received - self._endpointer.lookback_samples)
+        return events
+
+    def end(self) -> list[Event]:
+        """End of stream: finish the open segment (a trailing odd byte is dropped)."""
+        events: list[Event] = []
+        self._carry = b""
+        for speech in self._endpointer.flush():
+            if isinstance(speech, SpeechEnd):
+                self._close(speech, events)
+        return events
+
+    def _open(self, sample: int) -> None:
+        self._seg_start = sample
+        self._fed = sample
+        self._since_partial = 0
+        self._last_partial = ""
+
+    def _close(self, speech: SpeechEnd, events: list[Event]) -> None:
+        assert self._seg_start is not None
+        self._feed_engine(speech.sample, events, partials=False)
+        text, likelihood = self._engine.finish()
+        if text:
+            events.append(
+                Final(
+                    segment=self._next_segment,
+                    text=text,
+                    likelihood=likelihood,
+                    start=self._seg_start / self._rate,
+                    length=(speech.sample - self._seg_start) / self._rate,
+                    total=self._received / self._rate,
+                )
+            )
+            self._next_segment += 1
+        self._seg_start = None
+
+    def _feed_engine(self, until: int, events: list[Event], *, partials: bool = True) -> None:
+        """Give the engine the open segment's audio from ``_fed`` up to ``until``."""
+        if until <= self._fed:
+            return
+        lo = max(0, 2 * (self._fed - self._buf_start))
+        hi = 2 * (until - self._buf_start)
+        self._engine.accept(bytes(self._buf[lo:hi]))
+        self._since_partial += until - self._fed
+        self._fed = until
+        self._trim(until)
+        if partials and self._since_partial >= self._partial_samples:
+            self._since_partial = 0
+            text = self._engine.partial()
+            if text and text != self._last_partial:
+                self._last_partial = text
+                events.append(Partial(self._next_segment, text))
+
+    def _trim(self, keep_from: int) -> None:
+        """Forget buffered audio before ``keep_from`` (absolute sample)."""
+        drop = keep_from - self._buf_start
+        if drop > 0:
+            del self._buf[: 2 * drop]
+            self._buf_start = keep_from
+
+
+def decode_pcm(
+    engine: Engine,
+    rules: EndpointRules,
+    pcm: bytes,
+    chunk_bytes: int = 8000,
+    *,
+    endpointer: EndpointerConfig = DEFAULT_ENDPOINTER,
+) -> list[Final]:
+    """Decode a whole recording in-process; the reference the cluster is compared to."""
+    recognizer = Recognizer(engine, rules, partial_interval=float("inf"), endpointer=endpointer)
+    finals: list[Final] = []
+    for i in range(0, len(pcm), chunk_bytes):
+        finals.extend(e for e in recognizer.feed(pcm[i : i + chunk_bytes]) if isinstance(e, Final))
+    finals.extend(e for e in recognizer.end() if isinstance(e, Final))
+    return finals
