@@ -1,0 +1,120 @@
+"""The gateway process: an aiohttp application on one port for websockets and HTTP.
+
+It keeps no session state another replica would need: a session lives in Redis, and
+this process only holds the sockets of the clients connected to it.
+
+Shutdown order: not ready -> stop accepting -> close client sessions -> close Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from gateway.speech import handle_speech
+from gateway.state import GATEWAY, Gateway
+from shared import cluster
+from shared.config import GatewaySettings
+
+log = logging.getLogger(__name__)
+STATUS_INTERVAL_S = 1.0
+
+
+async def handle_status(request: web.Request) -> web.WebSocketResponse:
+    """``/client/ws/status``: the cluster's counters now, then whenever they change."""
+    gateway = request.app[GATEWAY]
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    last = ""
+
+    async def push() -> None:
+        nonlocal last
+        while not ws.closed:
+            text = (await gateway.cluster_status()).serialize()
+            if text != last:
+                await ws.send_str(text)
+                last = text
+            await asyncio.sleep(STATUS_INTERVAL_S)
+
+    pusher = asyncio.create_task(push())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        pusher.cancel()
+        with suppress(asyncio.CancelledError, ConnectionError):
+            await pusher
+    return ws
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Ready while serving, Redis answers and at least one decoder slot is registered."""
+    gateway = request.app[GATEWAY]
+    if not gateway.ready:
+        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    try:
+        workers = await cluster.workers(gateway.redis, gateway.keys)
+    except (RedisError, OSError) as exc:
+        return web.json_response({"ready": False, "reason": f"redis: {exc}"}, status=503)
+    slots = sum(w.slots_total for w in workers)
+    if slots == 0:
+        return web.json_response({"ready": False, "reason": "no decoder registered"}, status=503)
+    return web.json_response({"ready": True, "slots": slots, "workers": len(workers)})
+
+
+async def handle_cluster(request: web.Request) -> web.Response:
+    """``/status``: the ``ksc status --json`` document."""
+    gateway = request.app[GATEWAY]
+    return web.json_response(await cluster.snapshot(gateway.redis, gateway.keys))
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application()
+    app[GATEWAY] = gateway
+    app.router.add_get("/client/ws/speech", handle_speech)
+    app.router.add_get("/client/ws/status", handle_status)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/status", handle_cluster)
+    return app
+
+
+@asynccontextmanager
+async def serve(settings: GatewaySettings) -> AsyncIterator[tuple[Gateway, int]]:
+    """Run a gateway until the block exits; yields it and the bound port (port 0 works)."""
+    gateway = Gateway(settings)
+    await gateway.start()
+    runner = web.AppRunner(create_app(gateway), handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    log.info("gateway listening on %s:%d", settings.host, port)
+    try:
+        yield gateway, port
+    finally:
+        gateway.ready = False
+        await runner.cleanup()  # stops accepting, closes open websockets (1001)
+        await gateway.close()
+
+
+async def run(settings: GatewaySettings) -> None:
+    """The ``ksc gateway`` process: serve until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(settings):
+        await stop.wait()
+        log.info("gateway stopping")

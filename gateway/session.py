@@ -1,0 +1,130 @@
+"""The gateway's session core: pure state, no I/O.
+
+It decides what a client is sent for each worker event and when the socket closes:
+
+    connecting --claimed--> streaming --client EOS--> draining --done--> closed
+         \\                      \\                         \\
+          +--------- failed / bad input / no decoder --------+--> closed
+
+Finals are numbered by the worker; the core sends each segment number once, in order,
+and drops partials of segments already final, so a replayed or duplicated event never
+reaches the client twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from shared.protocol import (
+    BadRequest,
+    ResultMessage,
+    SessionError,
+    Status,
+    StatusMessage,
+    status_for,
+)
+from shared.wire import Claimed, Done, Event, Failed, FinalResult, PartialResult
+
+
+class Phase(Enum):
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass
+class Outcome:
+    """What to do after an input: messages to send, then whether to close."""
+
+    messages: list[str] = field(default_factory=list)
+    close: bool = False
+    #: Finals announced by ``Done`` were not all seen: read the results stream, feed
+    #: them through :meth:`ClientSession.on_event`, then deliver the ``Done`` again.
+    catch_up: bool = False
+
+
+class ClientSession:
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.phase = Phase.CONNECTING
+        self.next_segment = 0
+        self.last_partial: tuple[int, str] | None = None
+        self.finals: list[FinalResult] = []
+        self._caught_up = False
+
+    # --- client side ---------------------------------------------------------------
+
+    def on_audio(self) -> None:
+        if self.phase is Phase.DRAINING:
+            raise BadRequest("Audio received after EOS")
+        if self.phase is not Phase.STREAMING:
+            raise BadRequest(f"Audio not accepted while {self.phase.value}")
+
+    def on_eos(self) -> None:
+        if self.phase is Phase.DRAINING:
+            raise BadRequest("EOS received twice")
+        self.on_audio()
+        self.phase = Phase.DRAINING
+
+    def on_error(self, exc: SessionError) -> Outcome:
+        """The session ends on the gateway's side (bad input, no decoder, timeout)."""
+        if self.phase is Phase.CLOSED:
+            return Outcome()
+        self.phase = Phase.CLOSED
+        message = StatusMessage(self.sid, status_for(exc), str(exc)).serialize()
+        return Outcome([message], close=True)
+
+    # --- worker side ---------------------------------------------------------------
+
+    def on_event(self, event: Event) -> Outcome:
+        if self.phase is Phase.CLOSED:
+            return Outcome()
+        if isinstance(event, Claimed):
+            if self.phase is Phase.CONNECTING:
+                self.phase = Phase.STREAMING
+            return Outcome()
+        if isinstance(event, PartialResult):
+            return Outcome(self._partial(event))
+        if isinstance(event, FinalResult):
+            return Outcome(self._final(event))
+        if isinstance(event, Failed):
+            self.phase = Phase.CLOSED
+            status = Status(event.status) if event.status in _CODES else Status.ABORTED
+            return Outcome([StatusMessage(self.sid, status, event.message).serialize()], close=True)
+        if isinstance(event, Done):
+            if self.next_segment < event.segments and not self._caught_up:
+                self._caught_up = True
+                return Outcome(catch_up=True)
+            self.phase = Phase.CLOSED
+            return Outcome(close=True)
+        raise TypeError(f"unexpected event {event!r}")
+
+    def _partial(self, event: PartialResult) -> list[str]:
+        if event.segment < self.next_segment or not event.text:
+            return []
+        if self.last_partial == (event.segment, event.text):
+            return []
+        self.last_partial = (event.segment, event.text)
+        return [ResultMessage(self.sid, event.segment, event.text, final=False).serialize()]
+
+    def _final(self, event: FinalResult) -> list[str]:
+        if event.segment < self.next_segment or not event.text:
+            return []
+        self.next_segment = event.segment + 1
+        self.finals.append(event)
+        message = ResultMessage(
+            self.sid,
+            event.segment,
+            event.text,
+            final=True,
+            likelihood=event.likelihood,
+            segment_start=event.start,
+            segment_length=event.length,
+            total_length=event.total,
+        )
+        return [message.serialize()]
+
+
+_CODES = {int(s) for s in Status}
