@@ -1,0 +1,122 @@
+"""Shared fixtures: one real redis-server and one prepared model per test session.
+
+Timeouts are multiples of ``UNIT`` seconds, scaled by ``KSC_TEST_TIMEOUT_SCALE`` for
+slow machines. Nothing here asserts wall-clock times.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+UNIT = float(os.environ.get("KSC_TEST_TIMEOUT_SCALE", "1")) * 1.0
+REPO = Path(__file__).resolve().parents[1]
+TESTDATA = REPO.parent / "shared" / "testdata" / "ko"
+CACHE = Path(os.environ.get("KSC_CACHE") or Path.home() / ".cache" / "kaldi-stream-cluster")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free port; yields its base URL (no database number)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make setup`")
+    port = free_port()
+    data = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(data)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10 * UNIT
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+async def redis(redis_server: str):  # type: ignore[no-untyped-def]
+    """A client on database 1, flushed before each test (the cluster uses database 0)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(f"{redis_server}/1")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def prepared_model():  # type: ignore[no-untyped-def]
+    from decoder_worker.model import load_prepared, prepare_model
+
+    return load_prepared(prepare_model(cache_dir=CACHE))
+
+
+@pytest.fixture(scope="session")
+def kag_engine(prepared_model):  # type: ignore[no-untyped-def]
+    from decoder_worker.engine import KagEngine
+
+    return KagEngine.load(prepared_model)
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    if not (TESTDATA / "manifest.tsv").exists():
+        pytest.skip(f"real recordings not found at {TESTDATA}")
+    return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def espeak_wav(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Synthesise Korean speech with espeak-ng: ``espeak_wav(text, rate=16000) -> Path``."""
+    folder = tmp_path_factory.mktemp("espeak")
+
+    def make(text: str, rate: int = 16000, channels: int = 1, name: str | None = None) -> Path:
+        raw = folder / f"raw-{abs(hash(text))}.wav"
+        if not raw.exists():
+            subprocess.run(["espeak-ng", "-v", "ko", "-s", "140", "-w", str(raw), text], check=True)
+        out = folder / (name or f"{abs(hash(text))}-{rate}-{channels}.wav")
+        subprocess.run(
+            [
+                "sox",
+                str(raw),
+                "-r",
+                str(rate),
+                "-c",
+                str(channels),
+                "-b",
+                "16",
+                str(out),
+                "pad",
+                "0.3",
+                "0.6",
+            ],
+            check=True,
+        )
+        return out
+
+    return make

@@ -1,0 +1,233 @@
+"""The whole path, as kaldi-gstreamer-server's client.py drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from pathlib import Path
+
+import aiohttp
+import pytest
+import websockets
+
+from benchmarks.cer import cer, read_manifest
+from decoder_worker.recognizer import decode_pcm
+from decoder_worker.slots import fork_call
+from shared import cluster
+from shared.client import speech_url, stream
+from shared.keys import Keys
+from tests.conftest import UNIT
+from tests.integration.conftest import PREFIX, Cluster
+
+KEYS = Keys(PREFIX)
+SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."
+
+
+def pcm_of(path: Path) -> bytes:
+    with wave.open(str(path)) as wav:
+        return wav.readframes(wav.getnframes())
+
+
+def assert_well_formed(messages: list[dict], sid_check: bool = True) -> None:
+    assert messages, "no messages"
+    ids = {m["id"] for m in messages}
+    assert len(ids) == 1 and all(ids), "every message carries one session id"
+    for m in messages:
+        assert m["status"] == 0, m
+        hyps = m["result"]["hypotheses"]
+        assert hyps and hyps[0]["transcript"], "never an empty hypotheses list"
+    finals = [m for m in messages if m["result"]["final"]]
+    assert [f["segment"] for f in finals] == list(range(len(finals))), "finals in order, once each"
+    for f in finals:
+        assert f["segment-start"] >= 0 and f["segment-length"] > 0
+        assert f["segment-start"] + f["segment-length"] <= f["total-length"] + 1e-6
+        assert isinstance(f["result"]["hypotheses"][0]["likelihood"], float)
+    # Partials only for open segments, never after their final.
+    done = -1
+    for m in messages:
+        if m["result"]["final"]:
+            done = m["segment"]
+        else:
+            assert m["segment"] > done
+
+
+async def test_client_py_behaviour_realtime(running: Cluster, espeak_wav) -> None:
+    """A 16 kHz WAV, empty content type, rate-limited in quarter seconds, then EOS."""
+    wav = espeak_wav(SENTENCE)
+    result = await stream(speech_url(running.ws), wav.read_bytes(), realtime=True)
+    assert_well_formed(result.messages)
+    assert result.finals, "at least one final"
+    assert any(not m["result"]["final"] for m in result.messages), "partials while streaming"
+    assert result.close_code == 1000, "the server closes the socket after the last final"
+
+
+async def test_cluster_equals_direct_decode(
+    running: Cluster, kag_engine, prepared_model, testdata: Path
+) -> None:
+    """The queue changes nothing: same engine and segmentation, same transcript."""
+    clips = sorted((testdata / "clips").glob("*.wav"))[:3]
+    for clip in clips:
+        direct = fork_call(decode_pcm, kag_engine, prepared_model.endpoint, pcm_of(clip))
+        result = await stream(speech_url(running.ws), clip.read_bytes(), realtime=False)
+        assert_well_formed(result.messages)
+        got = [(f["segment"], f["result"]["hypotheses"][0]["transcript"]) for f in result.finals]
+        assert got == [(f.segment, f.text) for f in direct], clip.name
+        times = [t for f in result.finals for t in (f["segment-start"], f["segment-length"])]
+        assert times == pytest.approx([t for f in direct for t in (f.start, f.length)], abs=1e-3)
+
+
+async def test_two_concurrent_sessions_on_two_workers(running: Cluster, espeak_wav) -> None:
+    wav = espeak_wav(SENTENCE)
+    owners: set[str] = set()
+
+    async def watch() -> None:
+        # Each worker has one slot: two live sessions must be owned by two workers.
+        while True:
+            for s in await cluster.sessions(running.gateway.redis, KEYS):
+                if s.owner:
+                    owners.add(s.owner)
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        results = await asyncio.gather(
+            *(stream(speech_url(running.ws), wav.read_bytes(), realtime=True) for _ in range(2))
+        )
+    finally:
+        watcher.cancel()
+    texts = [r.text for r in results]
+    assert texts[0] and texts[0] == texts[1]
+    assert owners == {"w1", "w2"}
+
+
+async def test_no_worker_gives_status_9(empty_gateway: Cluster, espeak_wav) -> None:
+    result = await stream(
+        speech_url(empty_gateway.ws), espeak_wav(SENTENCE).read_bytes(), realtime=False
+    )
+    assert [m["status"] for m in result.messages] == [9]
+    assert result.messages[0]["message"] == "No decoder available, try again later"
+    assert result.messages[0]["id"]
+    assert result.close_code == 1000
+
+
+async def test_raw_pcm_with_caps_and_resampling(
+    running: Cluster, espeak_wav, kag_engine, prepared_model
+) -> None:
+    """Raw 8 kHz stereo PCM described by a GStreamer caps string is resampled."""
+    wav16 = espeak_wav(SENTENCE)
+    wav8 = espeak_wav(SENTENCE, rate=8000, channels=2)
+    caps = (
+        "audio/x-raw, layout=(string)interleaved, rate=(int)8000, "
+        "format=(string)S16LE, channels=(int)2"
+    )
+    result = await stream(
+        speech_url(running.ws, caps), pcm_of(wav8), byterate=32000, realtime=False
+    )
+    assert_well_formed(result.messages)
+    direct = fork_call(decode_pcm, kag_engine, prepared_model.endpoint, pcm_of(wav16))
+    assert result.text and direct
+    # Resampled speech is recognised, not necessarily to the letter of the 16 kHz original.
+    assert len(result.finals) >= 1
+
+
+SPEECH = object()  # stands for a few seconds of speech, so the session is still decoding
+
+
+@pytest.mark.parametrize(
+    ("caps", "frames", "expect"),
+    [
+        ("audio/x-raw, rate=(int)abc", [b"\0" * 100], "Malformed rate"),
+        ("audio/x-raw, format=S24BE", [b"\0" * 100], "Unsupported sample format"),
+        ("", [b"NOTAWAVEFILEATALL" * 10], "not a WAV file"),
+        ("audio/x-raw, rate=16000", [SPEECH, "EOS", b"\0" * 3200], "after EOS"),
+        ("audio/x-raw, rate=16000", [b"\0" * 3200, "{garbage"], "Unsupported text message"),
+        ("audio/x-raw, rate=16000", [SPEECH, "EOS", "EOS"], "EOS received twice"),
+    ],
+)
+async def test_bad_input_gets_status_and_close(
+    running: Cluster, espeak_wav, caps: str, frames: list, expect: str
+) -> None:
+    speech = pcm_of(espeak_wav(SENTENCE))
+    frames = [speech if f is SPEECH else f for f in frames]
+    async with websockets.connect(speech_url(running.ws, caps), max_size=None) as ws:
+        for frame in frames:
+            try:
+                await ws.send(frame)
+            except websockets.ConnectionClosed:
+                break
+        messages = [json.loads(m) async for m in ws]
+    assert messages[-1]["status"] == 5, messages
+    assert expect in messages[-1]["message"]
+    assert ws.close_code == 1000
+
+
+async def test_oversized_frame(running: Cluster) -> None:
+    limit = running.gateway.settings.max_frame_bytes
+    async with websockets.connect(
+        speech_url(running.ws, "audio/x-raw, rate=16000"), max_size=None
+    ) as ws:
+        await ws.send(b"\0" * (limit + 1))
+        messages = [json.loads(m) async for m in ws]
+    assert messages[-1]["status"] == 5 and "exceeds" in messages[-1]["message"]
+
+
+async def test_bad_session_does_not_disturb_a_neighbour(running: Cluster, espeak_wav) -> None:
+    wav = espeak_wav(SENTENCE)
+
+    async def bad() -> None:
+        await asyncio.sleep(1 * UNIT)
+        async with websockets.connect(speech_url(running.ws, "audio/x-raw")) as ws:
+            await ws.send(b"\0" * 3200)
+            await ws.send("not json")
+            _ = [m async for m in ws]
+
+    good, _ = await asyncio.gather(stream(speech_url(running.ws), wav.read_bytes()), bad())
+    assert_well_formed(good.messages)
+    assert good.finals and good.close_code == 1000
+
+
+async def test_client_vanishing_frees_the_slot(running: Cluster, espeak_wav) -> None:
+    wav = espeak_wav(SENTENCE)
+    async with websockets.connect(speech_url(running.ws)) as ws:
+        await ws.send(wav.read_bytes()[:32000])
+    async with asyncio.timeout(30 * UNIT):
+        while sum(w.slots_free for w in await cluster.workers(running.gateway.redis, KEYS)) < 2:
+            await asyncio.sleep(0.1)
+    assert all(p.poll() is None for p in running.workers.values())
+
+
+async def test_status_endpoints(running: Cluster) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{running.http}/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(f"{running.http}/readyz") as resp:
+            assert resp.status == 200 and (await resp.json())["slots"] == 2
+        async with http.ws_connect(f"{running.ws}/client/ws/status") as ws:
+            status = json.loads((await ws.receive()).data)
+    assert status["num_workers_available"] == 2
+    assert status["num_requests_processed"] >= 0
+
+
+async def test_readyz_without_workers(empty_gateway: Cluster) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{empty_gateway.http}/readyz") as resp:
+        assert resp.status == 503
+
+
+async def test_cer_on_real_recordings(running: Cluster, testdata: Path) -> None:
+    """The cluster's CER on the real recordings is at or below the vosk package's (0.28)."""
+    items = read_manifest(testdata)
+    edits = chars = 0
+    sem = asyncio.Semaphore(2)
+
+    async def one(path: Path, ref: str) -> tuple[int, int]:
+        async with sem:
+            result = await stream(speech_url(running.ws), path.read_bytes(), realtime=False)
+        assert result.close_code == 1000 and result.status == 0
+        return cer(ref, result.text)
+
+    for e, c in await asyncio.gather(*(one(p, r) for p, r in items)):
+        edits += e
+        chars += c
+    assert len(items) == 22 and chars > 400
+    assert edits / chars <= 0.28, f"CER {edits / chars:.3f}"
