@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox chromium iproute2
+APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox
 STAMP := $(VENV)/.installed
 
 .PHONY: setup up test lint bench bench-smoke clean
