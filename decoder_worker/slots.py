@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1
+#: How long a decoder process may take to exit after its pipe closed.
+_EXIT_GRACE_S = 2.0
 
 
 class SlotDied(Exception):
@@ -162,17 +164,30 @@ class Slot:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise SlotDied(f"decoder process {self.pid}") from exc
 
-    async def close(self) -> None:
-        """Close the pipe and reap the process (killed if it has not exited by itself)."""
+    async def close(self) -> float:
+        """Close the pipe and reap the process; returns the CPU seconds it used.
+
+        A process that ended its session exits by itself on EOF; one that does not
+        within a moment (hung, or cut off mid-session) is killed.
+        """
         self._writer.close()
         with suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
-        with suppress(ChildProcessError):
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)  # noqa: ASYNC222 (does not block)
-            if pid == 0:
-                with suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                await asyncio.to_thread(os.waitpid, self.pid, 0)
+        try:
+            async with asyncio.timeout(_EXIT_GRACE_S):
+                while True:
+                    pid, _, usage = os.wait4(self.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG)
+                    if pid:
+                        return float(usage.ru_utime + usage.ru_stime)
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            pass
+        except ChildProcessError:
+            return 0.0
+        with suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        _, _, usage = await asyncio.to_thread(os.wait4, self.pid, 0)
+        return float(usage.ru_utime + usage.ru_stime)
 
 
 class DecoderPool:
@@ -217,11 +232,13 @@ class DecoderPool:
         self._live[pid] = slot
         return slot
 
-    async def retire(self, slot: Slot) -> None:
-        """The session is over: reap its process and free the slot."""
+    async def retire(self, slot: Slot) -> float:
+        """The session is over: reap its process, free the slot, return its CPU seconds."""
         self._live.pop(slot.pid, None)
-        await slot.close()
-        self.unreserve()
+        try:
+            return await slot.close()
+        finally:
+            self.unreserve()
 
     async def close(self) -> None:
         for slot in list(self._live.values()):

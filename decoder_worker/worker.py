@@ -195,6 +195,7 @@ class Worker:
         slog.info("claimed (decoder pid %d)", slot.pid)
         feeder: asyncio.Task[str] | None = None
         last: Event
+        seconds = cpu = 0.0
         try:
             await self._publish(sid, Claimed(worker=self.id))
             await slot.send("start", 0, 0, self.settings.partial_interval)
@@ -202,7 +203,6 @@ class Worker:
             segments, samples = await self._collect(sid, slot)
             ending = await feeder
             seconds = samples / self.sample_rate
-            slog.info("session ended (%s): %d finals, %.1f s audio", ending, segments, seconds)
             last = (
                 Done(segments=segments, total=seconds)
                 if ending == "eos"
@@ -219,12 +219,20 @@ class Worker:
                 feeder.cancel()
                 with suppress(asyncio.CancelledError, SlotDied):
                     await feeder
-            await self.pool.retire(slot)
+            cpu = await self.pool.retire(slot)
             self._busy -= 1
         # Free the slot in Redis before the client hears the end: a client that
         # reconnects at once must find the capacity it just released.
         state = sessions.State.DONE if isinstance(last, Done) else sessions.State.FAILED
+        slog.info(
+            "session %s: %.1f s audio, decoder CPU %.2f s (real-time factor %.2f)",
+            state.value,
+            seconds,
+            cpu,
+            cpu / seconds if seconds else 0.0,
+        )
         pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.meta(sid), "decoder_cpu", round(cpu, 3))
         pipe.xack(self.stream, GROUP, entry_id)
         pipe.hincrby(self.keys.stats, "requests_processed", 1)
         await pipe.execute()

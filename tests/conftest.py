@@ -92,29 +92,26 @@ def testdata() -> Path:
 
 @pytest.fixture(scope="session")
 def espeak_wav(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Synthesise Korean speech with espeak-ng: ``espeak_wav(text, rate=16000) -> Path``."""
+    """Synthesise Korean speech with espeak-ng (deterministic for a given text).
+
+    ``espeak_wav(text, rate=16000, channels=1, speed=140, pad=True) -> Path``; ``pad``
+    adds 0.3 s of silence before and 0.6 s after, as a recording would have.
+    """
     folder = tmp_path_factory.mktemp("espeak")
 
-    def make(text: str, rate: int = 16000, channels: int = 1, name: str | None = None) -> Path:
-        raw = folder / f"raw-{abs(hash(text))}.wav"
+    def make(
+        text: str, rate: int = 16000, channels: int = 1, speed: int = 140, pad: bool = True
+    ) -> Path:
+        tag = f"{abs(hash(text))}-{speed}"
+        raw = folder / f"raw-{tag}.wav"
         if not raw.exists():
-            subprocess.run(["espeak-ng", "-v", "ko", "-s", "140", "-w", str(raw), text], check=True)
-        out = folder / (name or f"{abs(hash(text))}-{rate}-{channels}.wav")
+            subprocess.run(
+                ["espeak-ng", "-v", "ko", "-s", str(speed), "-w", str(raw), text], check=True
+            )
+        out = folder / f"{tag}-{rate}-{channels}-{pad}.wav"
+        effects = ["pad", "0.3", "0.6"] if pad else []
         subprocess.run(
-            [
-                "sox",
-                str(raw),
-                "-r",
-                str(rate),
-                "-c",
-                str(channels),
-                "-b",
-                "16",
-                str(out),
-                "pad",
-                "0.3",
-                "0.6",
-            ],
+            ["sox", str(raw), "-r", str(rate), "-c", str(channels), "-b", "16", str(out), *effects],
             check=True,
         )
         return out

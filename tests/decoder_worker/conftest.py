@@ -15,4 +15,4 @@ __all__ = ["TESTDATA"]
 @pytest.fixture(scope="session")
 def espeak_clip(espeak_wav: Callable[..., Path]) -> Path:
     """One Korean sentence from espeak-ng, 16 kHz mono s16 (deterministic)."""
-    return espeak_wav("안녕하세요 오늘 날씨가 좋습니다")
+    return espeak_wav("안녕하세요 오늘 날씨가 좋습니다", speed=175, pad=False)

@@ -1,0 +1,176 @@
+"""Worker memory and decode cost with concurrent sessions, through the whole cluster.
+
+    python benchmarks/cluster.py [--sessions 4] [--out benchmarks/results/cluster.json]
+
+Starts a private redis-server, one gateway and one worker with ``--sessions`` slots,
+then streams that many real recordings at once, paced in real time as a live client
+would. While they run it samples the proportional set size (PSS: shared pages split
+between the processes sharing them) and RSS of the worker and of its decoder
+processes from ``/proc``. Reports the idle worker (the loaded model), the peak with
+all sessions live, the cost of each additional session, and every session's decoder
+CPU real-time factor (from the worker's ``wait4`` accounting in the session record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from benchmarks.cer import DEFAULT_CLIPS, cer, read_manifest
+from shared.client import speech_url, stream
+from shared.keys import Keys
+from shared.up import LocalRedis, free_port
+
+
+def memory(pid: int) -> dict[str, float]:
+    """PSS and RSS in MB of one process."""
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                fields[name.lower()] = int(rest.split()[0]) / 1024
+    return fields
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def sample(worker: int) -> dict[str, Any]:
+    kids = children(worker)
+    parent = memory(worker)
+    per_child = []
+    for kid in kids:
+        try:
+            per_child.append(memory(kid))
+        except OSError:
+            pass  # exited between listing and reading
+    return {
+        "parent": parent,
+        "children": per_child,
+        "total_pss_mb": parent["pss"] + sum(c["pss"] for c in per_child),
+    }
+
+
+def wait_ready(http: str, slots: int, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{http}/readyz", timeout=1) as resp:
+                if json.load(resp).get("slots", 0) >= slots:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("cluster did not become ready")
+
+
+async def run_sessions(ws: str, clips: list[tuple[Path, str]], worker: int) -> dict[str, Any]:
+    samples: list[dict[str, Any]] = []
+
+    async def sampler() -> None:
+        while True:
+            samples.append(sample(worker))
+            await asyncio.sleep(0.5)
+
+    task = asyncio.create_task(sampler())
+    try:
+        results = await asyncio.gather(
+            *(stream(speech_url(ws), path.read_bytes(), realtime=True) for path, _ in clips)
+        )
+    finally:
+        task.cancel()
+    full = [s for s in samples if len(s["children"]) == len(clips)]
+    peak = max(full or samples, key=lambda s: s["total_pss_mb"])
+    edits = chars = 0
+    for (_, ref), result in zip(clips, results, strict=True):
+        e, c = cer(ref, result.text)
+        edits += e
+        chars += c
+    return {"peak": peak, "cer": edits / chars, "sids": [r.messages[0]["id"] for r in results]}
+
+
+async def decoder_cpu(redis_url: str, prefix: str, sids: list[str]) -> list[dict[str, float]]:
+    redis = Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    out = []
+    for sid in sids:
+        meta = await redis.hgetall(keys.meta(sid))
+        cpu = float(meta[b"decoder_cpu"])
+        audio = int(meta[b"audio_bytes"]) / 2 / int(meta[b"sample_rate"])
+        out.append({"cpu_s": cpu, "audio_s": round(audio, 2), "rtf": round(cpu / audio, 3)})
+    await redis.aclose()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--clips", type=Path, default=DEFAULT_CLIPS)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "kaldi-stream-cluster"))
+    args = parser.parse_args(argv)
+    # The longest clips, so that every session is live at the same time for a while.
+    items = sorted(read_manifest(args.clips), key=lambda i: -i[0].stat().st_size)[: args.sessions]
+    work = Path(f"/tmp/ksc-bench-{os.getpid()}")
+    redis = LocalRedis(work / "redis")
+    redis.start()
+    port, prefix = free_port(), "bench"
+    common = ["--redis-url", redis.url, "--prefix", prefix, "--log-level", "warning"]
+    ksc = [sys.executable, "-m", "shared.cli"]
+    gateway = subprocess.Popen([*ksc, "gateway", *common, "--port", str(port)])
+    worker = subprocess.Popen(
+        [*ksc, "worker", *common, "--slots", str(args.sessions), "--cache", args.cache]
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", args.sessions)
+        time.sleep(1.0)
+        idle = sample(worker.pid)
+        live = asyncio.run(run_sessions(f"ws://127.0.0.1:{port}", items, worker.pid))
+        time.sleep(1.0)
+        after = sample(worker.pid)
+        cpu = asyncio.run(decoder_cpu(redis.url, prefix, live["sids"]))
+    finally:
+        for proc in (gateway, worker):
+            proc.terminate()
+            proc.wait(30)
+        redis.stop()
+    n = args.sessions
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "sessions": n,
+        "idle_worker": idle["parent"],
+        "peak_total_pss_mb": round(live["peak"]["total_pss_mb"], 1),
+        "peak_children": live["peak"]["children"],
+        "pss_per_session_mb": round((live["peak"]["total_pss_mb"] - idle["total_pss_mb"]) / n, 1),
+        "worker_after_sessions": after["parent"],
+        "decoder_cpu": cpu,
+        "rtf_mean": round(sum(c["rtf"] for c in cpu) / len(cpu), 3),
+        "cer_of_these_clips": round(live["cer"], 3),
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
