@@ -6,6 +6,7 @@ slow machines. Nothing here asserts wall-clock times.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +83,42 @@ def kag_engine(prepared_model):  # type: ignore[no-untyped-def]
     from decoder_worker.engine import KagEngine
 
     return KagEngine.load(prepared_model)
+
+
+_REFERENCE: tuple[Any, Any] | None = None
+
+
+def _load_reference(model_path: str) -> None:
+    from decoder_worker.engine import KagEngine
+    from decoder_worker.model import load_prepared
+
+    global _REFERENCE
+    model = load_prepared(Path(model_path))
+    _REFERENCE = (KagEngine.load(model), model.endpoint)
+
+
+def _reference_decode(pcm: bytes, chunk_bytes: int) -> Any:
+    from decoder_worker.recognizer import decode_pcm
+    from decoder_worker.slots import fork_call
+
+    assert _REFERENCE is not None
+    engine, rules = _REFERENCE
+    return fork_call(decode_pcm, engine, rules, pcm, chunk_bytes)
+
+
+@pytest.fixture(scope="session")
+def reference_decode(prepared_model):  # type: ignore[no-untyped-def]
+    """Direct in-process decoding from the state a worker's decoder process starts in.
+
+    kaldi-active-grammar carries process-wide state from one utterance to the next (a
+    second engine loaded in a process that already decoded is not pristine either), so
+    the reference runs in a freshly spawned interpreter that loads the engine once,
+    never decodes with it, and serves each request in a fresh fork — as a worker does.
+    ``reference_decode(pcm, chunk_bytes=8000) -> list[Final]``.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1, initializer=_load_reference, initargs=(str(prepared_model.path),)) as pool:
+        yield lambda pcm, chunk_bytes=8000: pool.apply(_reference_decode, (pcm, chunk_bytes))
 
 
 @pytest.fixture(scope="session")

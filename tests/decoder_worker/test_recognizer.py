@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,7 @@ import pytest
 
 from decoder_worker.engine import KagEngine
 from decoder_worker.model import EndpointRules, PreparedModel
-from decoder_worker.recognizer import Final, Partial, Recognizer, decode_pcm
-from decoder_worker.slots import fork_call
+from decoder_worker.recognizer import Final, Partial, Recognizer
 
 from .conftest import TESTDATA
 
@@ -143,7 +143,7 @@ def test_real_engine_on_espeak(
     assert partials and all(p.text for p in partials)
 
 
-def test_real_clip_is_deterministic(kag_engine: KagEngine, prepared_model: PreparedModel) -> None:
+def test_real_clip_is_deterministic(reference_decode: Callable[..., list[Final]]) -> None:
     clips = sorted((TESTDATA / "clips").glob("*.wav"))
     if not clips:
         pytest.skip(f"no test clips under {TESTDATA}")
@@ -151,8 +151,8 @@ def test_real_clip_is_deterministic(kag_engine: KagEngine, prepared_model: Prepa
     # Each decode in a fresh fork of the loaded engine, as every cluster session runs:
     # KaG's decoder carries state from one utterance to the next (docs/engine.md), so
     # only equal starting states can be expected to give equal text.
-    first = fork_call(decode_pcm, kag_engine, prepared_model.endpoint, pcm)
-    second = fork_call(decode_pcm, kag_engine, prepared_model.endpoint, pcm, 3333)
+    first = reference_decode(pcm)
+    second = reference_decode(pcm, 3333)
     assert first and re.search(r"[가-힣]{2}", " ".join(f.text for f in first))
     assert first == second, "same audio, different chunking, same start state: same finals"
     assert [f.segment for f in first] == list(range(len(first)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import wave
 from pathlib import Path
 
@@ -12,8 +13,6 @@ import pytest
 import websockets
 
 from benchmarks.cer import cer, read_manifest
-from decoder_worker.recognizer import decode_pcm
-from decoder_worker.slots import fork_call
 from shared import cluster
 from shared.client import speech_url, stream
 from shared.keys import Keys
@@ -63,12 +62,12 @@ async def test_client_py_behaviour_realtime(running: Cluster, espeak_wav) -> Non
 
 
 async def test_cluster_equals_direct_decode(
-    running: Cluster, kag_engine, prepared_model, testdata: Path
+    running: Cluster, reference_decode, testdata: Path
 ) -> None:
     """The queue changes nothing: same engine and segmentation, same transcript."""
     clips = sorted((testdata / "clips").glob("*.wav"))[:3]
     for clip in clips:
-        direct = fork_call(decode_pcm, kag_engine, prepared_model.endpoint, pcm_of(clip))
+        direct = reference_decode(pcm_of(clip))
         result = await stream(speech_url(running.ws), clip.read_bytes(), realtime=False)
         assert_well_formed(result.messages)
         got = [(f["segment"], f["result"]["hypotheses"][0]["transcript"]) for f in result.finals]
@@ -112,23 +111,26 @@ async def test_no_worker_gives_status_9(empty_gateway: Cluster, espeak_wav) -> N
 
 
 async def test_raw_pcm_with_caps_and_resampling(
-    running: Cluster, espeak_wav, kag_engine, prepared_model
+    running: Cluster, espeak_wav, reference_decode
 ) -> None:
-    """Raw 8 kHz stereo PCM described by a GStreamer caps string is resampled."""
-    wav16 = espeak_wav(SENTENCE)
-    wav8 = espeak_wav(SENTENCE, rate=8000, channels=2)
+    """Raw 44.1 kHz stereo PCM described by a GStreamer caps string is resampled.
+
+    The reference is the same audio converted by another resampler (sox).
+    """
+    wav44 = espeak_wav(SENTENCE, rate=44100, channels=2)
+    wav16 = wav44.with_suffix(".sox16.wav")
+    subprocess.run(["sox", str(wav44), "-r", "16000", "-c", "1", str(wav16)], check=True)
     caps = (
-        "audio/x-raw, layout=(string)interleaved, rate=(int)8000, "
+        "audio/x-raw, layout=(string)interleaved, rate=(int)44100, "
         "format=(string)S16LE, channels=(int)2"
     )
     result = await stream(
-        speech_url(running.ws, caps), pcm_of(wav8), byterate=32000, realtime=False
+        speech_url(running.ws, caps), pcm_of(wav44), byterate=176400, realtime=False
     )
     assert_well_formed(result.messages)
-    direct = fork_call(decode_pcm, kag_engine, prepared_model.endpoint, pcm_of(wav16))
-    assert result.text and direct
-    # Resampled speech is recognised, not necessarily to the letter of the 16 kHz original.
-    assert len(result.finals) >= 1
+    direct = " ".join(f.text for f in reference_decode(pcm_of(wav16)))
+    edits, chars = cer(direct, result.text)
+    assert result.finals and edits / chars <= 0.3, (direct, result.text)
 
 
 SPEECH = object()  # stands for a few seconds of speech, so the session is still decoding
