@@ -20,14 +20,16 @@ import socket
 import time
 from contextlib import suppress
 
+from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from decoder_worker.recognizer import Final, Partial
 from decoder_worker.slots import DecoderPool, Slot, SlotDied
-from shared import sessions
+from shared import metrics, sessions
 from shared.config import WorkerSettings
 from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, WORKER_TTL_S, Keys
+from shared.metrics import WorkerMetrics
 from shared.protocol import Status
 from shared.wire import (
     Abort,
@@ -67,12 +69,16 @@ class Worker:
         self.redis: Redis = Redis.from_url(settings.redis_url)
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy = 0
+        self.draining = False
+        self.metrics = WorkerMetrics()
+        self.metrics.slots_total.set(pool.size)
         self._beat_now = asyncio.Event()
         self.stream = self.keys.sessions(settings.model_id)
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, drain: float = 30.0) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        metrics_site = await self._serve_metrics()
         try:
             await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -90,12 +96,17 @@ class Worker:
         try:
             await stop.wait()
         finally:
+            # Stop claiming and advertise no free slot, so gateways send sessions elsewhere;
+            # running sessions get the drain timeout to finish.
             log.info("worker %s stopping: %d sessions running", self.id, len(self._tasks))
+            self.draining = True
             claimer.cancel()
             with suppress(asyncio.CancelledError):
                 await claimer
+            with suppress(Exception):
+                await self._heartbeat_once()
             if self._tasks:
-                await asyncio.wait(self._tasks, timeout=drain)
+                await asyncio.wait(self._tasks, timeout=self.settings.drain_timeout)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -107,14 +118,33 @@ class Worker:
                 await self.redis.delete(self.keys.worker(self.id))
                 await self.redis.zrem(self.keys.workers, self.id)
             await self.redis.aclose()
+            if metrics_site is not None:
+                await metrics_site.cleanup()
+
+    async def _serve_metrics(self) -> web.AppRunner | None:
+        """``/metrics`` for Prometheus and ``/healthz`` (the event loop answers)."""
+        if not self.settings.metrics_port:
+            return None
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"worker": self.id, "slots_free": self.slots_free})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics.handler(self.metrics.registry))
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", self.settings.metrics_port).start()
+        return runner
 
     @property
     def slots_free(self) -> int:
         """Slots not decoding a session (the claim loop's waiting slot counts as free)."""
-        return self.pool.size - self._busy
+        return 0 if self.draining else self.pool.size - self._busy
 
     async def _heartbeat_once(self) -> None:
         now = time.time()
+        self.metrics.slots_free.set(self.slots_free)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(
             self.keys.worker(self.id),
@@ -210,6 +240,7 @@ class Worker:
             )
         except SlotDied as exc:
             slog.error("decoder process died: %s", exc)
+            self.metrics.decoder_restarts_total.inc()
             last = Failed(int(Status.ABORTED), "Decoder process failed")
         except _SessionFailed as exc:
             slog.warning("session failed: %s", exc)
@@ -224,6 +255,9 @@ class Worker:
         # Free the slot in Redis before the client hears the end: a client that
         # reconnects at once must find the capacity it just released.
         state = sessions.State.DONE if isinstance(last, Done) else sessions.State.FAILED
+        self.metrics.sessions_total.labels(state.value).inc()
+        if seconds > 0:
+            self.metrics.decode_rtf.observe(cpu / seconds)
         slog.info(
             "session %s: %.1f s audio, decoder CPU %.2f s (real-time factor %.2f)",
             state.value,

@@ -3,7 +3,8 @@
 It keeps no session state another replica would need: a session lives in Redis, and
 this process only holds the sockets of the clients connected to it.
 
-Shutdown order: not ready -> stop accepting -> close client sessions -> close Redis.
+Shutdown order (``serve``): not ready -> stop accepting -> let open sessions finish for
+up to ``drain_timeout`` -> close the rest with 1012 (service restart) -> close Redis.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from redis.exceptions import RedisError
 
 from gateway.speech import handle_speech
 from gateway.state import GATEWAY, Gateway
-from shared import cluster
+from shared import cluster, metrics
 from shared.config import GatewaySettings
 
 log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 1.0
+#: After the drain timeout, how long closed sessions get to finish their handlers.
+_CLOSE_GRACE_S = 5.0
 
 
 async def handle_status(request: web.Request) -> web.WebSocketResponse:
@@ -87,6 +90,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/status", handle_cluster)
+    app.router.add_get("/metrics", metrics.handler(gateway.metrics.registry))
     return app
 
 
@@ -105,8 +109,22 @@ async def serve(settings: GatewaySettings) -> AsyncIterator[tuple[Gateway, int]]
         yield gateway, port
     finally:
         gateway.ready = False
-        await runner.cleanup()  # stops accepting, closes open websockets (1001)
+        for site_ in list(runner.sites):
+            await site_.stop()  # the listener closes; open connections carry on
+        await _wait_for_sessions(gateway, settings.drain_timeout)
+        if gateway.sessions:
+            log.info("drain timeout: closing %d sessions", len(gateway.sessions))
+            await gateway.close_sessions()
+            await _wait_for_sessions(gateway, _CLOSE_GRACE_S)  # handlers clean up
+        await runner.cleanup()
         await gateway.close()
+
+
+async def _wait_for_sessions(gateway: Gateway, limit: float) -> None:
+    with suppress(TimeoutError):
+        async with asyncio.timeout(limit):
+            while gateway.sessions:
+                await asyncio.sleep(0.05)
 
 
 async def run(settings: GatewaySettings) -> None:

@@ -43,7 +43,7 @@ async def handle_speech(request: web.Request) -> web.WebSocketResponse:
     core = ClientSession(sid)
     started = time.monotonic()
     outcome = "ok"
-    with gateway.track(sid):
+    with gateway.track(sid, ws):
         try:
             await Session(gateway, ws, core, request, slog).run()
         except SessionError as exc:

@@ -6,16 +6,18 @@ another replica would need lives in Redis.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
 
 from gateway.hub import EventHub
 from shared import cluster
 from shared.config import GatewaySettings
 from shared.keys import Keys
+from shared.metrics import GatewayMetrics
 from shared.protocol import ClusterStatus
 
 
@@ -25,16 +27,30 @@ class Gateway:
         self.keys = Keys(settings.prefix)
         self.redis: Redis = Redis.from_url(settings.redis_url)
         self.hub = EventHub(self.redis, self.keys)
-        self.sessions: set[str] = set()
+        self.sessions: dict[str, web.WebSocketResponse | None] = {}
         self.ready = False
+        self.metrics = GatewayMetrics()
 
     @contextmanager
-    def track(self, sid: str) -> Iterator[None]:
-        self.sessions.add(sid)
+    def track(self, sid: str, ws: web.WebSocketResponse | None = None) -> Iterator[None]:
+        """Count a session as open; ``ws`` is closed by :meth:`close_sessions` on drain."""
+        self.sessions[sid] = ws
+        self.metrics.sessions_active.inc()
         try:
             yield
         finally:
-            self.sessions.discard(sid)
+            self.sessions.pop(sid, None)
+            self.metrics.sessions_active.dec()
+
+    async def close_sessions(self) -> None:
+        """Drain's last step: tell the clients still connected that we are restarting."""
+        await asyncio.gather(
+            *(
+                ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"gateway restarting")
+                for ws in self.sessions.values()
+                if ws is not None and not ws.closed
+            )
+        )
 
     async def start(self) -> None:
         await self.hub.start()

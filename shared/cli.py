@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -157,6 +158,47 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Probe for containers: exit 0 when healthy, 1 (with the reason) when not."""
+    if args.role == "gateway":
+        try:
+            with urllib.request.urlopen(args.url.rstrip("/") + "/readyz", timeout=5) as resp:
+                return 0 if resp.status == 200 else 1
+        except OSError as exc:
+            print(f"gateway not ready: {exc}", file=sys.stderr)
+            return 1
+    settings = config.build(WorkerSettings, args, os.environ)
+
+    async def heartbeat_age() -> float | None:
+        from redis.asyncio import Redis
+
+        from shared import cluster
+        from shared.keys import Keys
+
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            for worker in await cluster.workers(redis, Keys(settings.prefix)):
+                if worker.id == settings.worker_id or (
+                    not settings.worker_id and worker.host == socket.gethostname()
+                ):
+                    return worker.heartbeat_age
+            return None
+        finally:
+            await redis.aclose()
+
+    from redis.exceptions import RedisError
+
+    try:
+        age = asyncio.run(heartbeat_age())
+    except (OSError, RedisError) as exc:
+        print(f"redis unreachable: {exc}", file=sys.stderr)
+        return 1
+    if age is None:
+        print("no fresh heartbeat for this worker", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ksc", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -184,6 +226,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="ws://127.0.0.1:8888", help="gateway base URL")
     p.add_argument("--realtime", action="store_true", help="pace the upload in real time")
     p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("check", help="health probe: exit 0 when healthy")
+    p.add_argument("role", choices=["gateway", "worker"])
+    p.add_argument("--url", default="http://127.0.0.1:8888", help="gateway base URL")
+    config.add_arguments(p, WorkerSettings)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("model", help="model management")
     msub = p.add_subparsers(dest="model_command", required=True)

@@ -66,6 +66,9 @@ class GatewaySettings(CommonSettings):
     chunk_seconds: float = setting(
         0.25, "normalised audio is put on the stream in pieces this long"
     )
+    drain_timeout: float = setting(
+        30.0, "on SIGTERM, seconds open sessions may take to finish before they are closed"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ class WorkerSettings(CommonSettings):
     cache: str = setting(_default_cache(), "directory for prepared models", _SHOWN_CACHE)
     partial_interval: float = setting(0.5, "seconds of audio between partial results")
     worker_id: str = setting("", "worker id; default host-pid")
+    metrics_port: int = setting(9100, "port for Prometheus /metrics and /healthz; 0 turns it off")
+    drain_timeout: float = setting(
+        30.0, "on SIGTERM, seconds running sessions may take to finish before they are cut"
+    )
 
 
 @dataclass(frozen=True)

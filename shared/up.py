@@ -134,6 +134,7 @@ def run(settings: UpSettings) -> int:
     if redis is not None:
         redis.start()
     redis_url = settings.redis_url or (redis.url if redis else "")
+    metrics_ports = [free_port() for _ in range(settings.workers)]
     common = [
         "--redis-url",
         redis_url,
@@ -159,9 +160,11 @@ def run(settings: UpSettings) -> int:
                     settings.model,
                     "--cache",
                     str(cache),
+                    "--metrics-port",
+                    str(port),
                 ),
             )
-            for i in range(settings.workers)
+            for i, port in enumerate(metrics_ports)
         ),
     ]
     stopping = False
@@ -189,6 +192,8 @@ def run(settings: UpSettings) -> int:
         print(f"  status     ws://{host}:{settings.port}/client/ws/status", flush=True)
         print(f"  health     {http}/readyz", flush=True)
         print(f"  redis      {redis_url}", flush=True)
+        ports = ", ".join(str(p) for p in metrics_ports)
+        print(f"  metrics    {http}/metrics (gateway), workers on ports {ports}", flush=True)
         if settings.sample:
             _transcribe_sample(http)
         print("serving; Ctrl-C stops the cluster", flush=True)

@@ -20,9 +20,10 @@ from gateway.app import Gateway, serve
 from shared import cluster
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import CACHE, UNIT
+from tests.conftest import CACHE, UNIT, free_port
 
 PREFIX = "itest"
+METRICS_PORTS = {"w1": free_port(), "w2": free_port()}
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Cluster:
 
 
 def start_worker(
-    redis_url: str, worker_id: str, slots: int = 1, prefix: str = PREFIX
+    redis_url: str, worker_id: str, slots: int = 1, prefix: str = PREFIX, metrics_port: int = 0
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -62,6 +63,8 @@ def start_worker(
             worker_id,
             "--log-level",
             "warning",
+            "--metrics-port",
+            str(metrics_port),
         ],
     )
 
@@ -77,7 +80,7 @@ def worker_procs(
     redis_server: str, prepared_model: object
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     url = f"{redis_server}/0"
-    procs = {wid: start_worker(url, wid) for wid in ("w1", "w2")}
+    procs = {wid: start_worker(url, wid, metrics_port=METRICS_PORTS[wid]) for wid in ("w1", "w2")}
     yield procs
     for proc in procs.values():
         proc.terminate()
