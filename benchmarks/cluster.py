@@ -1,6 +1,6 @@
 """Worker memory and decode cost with concurrent sessions, through the whole cluster.
 
-    python benchmarks/cluster.py [--sessions 4] [--out benchmarks/results/cluster.json]
+    python -m benchmarks.cluster [--sessions 4] [--out benchmarks/results/cluster.json]
 
 Starts a private redis-server, one gateway and one worker with ``--sessions`` slots,
 then streams that many real recordings at once, paced in real time as a live client

@@ -1,42 +1,39 @@
-"""Decoder processes: a fresh fork of the loaded engine for every session.
+"""Session processes: each claimed session runs in its own fork of the worker.
 
-The worker loads the engine once and never decodes with it. Each claimed session gets
-its own child process, forked from that pristine copy: the model's pages stay shared
-copy-on-write, so a session costs only its decoding state; the Kaldi call never blocks
-the worker's event loop; and every session starts from the same decoder state. That
-last point matters: kaldi-active-grammar's decoder carries state from one utterance to
-the next (the same audio decoded twice in one process can come out differently), so a
-long-lived decoder would make results depend on which sessions a process served before.
-When the session ends the child exits, and whatever its decoder cached goes with it.
+The worker loads the engine once and never decodes with it. A session's process runs
+the recognizer (endpointing, segment numbering) and hands each utterance to a further
+fork of the pristine engine (:class:`~decoder_worker.forking.ForkingEngine`), so the
+model's pages stay shared copy-on-write, the Kaldi call never blocks the worker's event
+loop, and every utterance decodes from the same state. When the session ends its
+process exits, and whatever its decoders cached goes with it.
 
-Parent -> child:  ("start", first_segment, offset_samples, partial_interval)
-                  ("audio", pcm) ... ("end",) | ("abort",)
-Child -> parent:  ("events", [Partial | Final, ...]) ... ("ended", samples)
-                  ("error", message)   decoding failed; the child exits
+Worker -> session process:  ("start", first_segment, offset_samples, partial_interval)
+                            ("audio", pcm) ... ("end",) | ("abort",)
+Session process -> worker:  ("events", [Partial | Final, ...], replay_sample) ...
+                            ("ended", samples)
+                            ("error", message)   decoding failed; the process exits
+
+``replay_sample`` is the recognizer's ``open_segment_start`` after those events: where a
+replacement would have to restart to lose nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import pickle
 import signal
 import socket
-import struct
-from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import Any
 
 from decoder_worker.engine import Engine
+from decoder_worker.forking import HEADER, ForkingEngine, become_child, recv_frame, send_frame
 from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-_HEADER = struct.Struct("!I")
-_PR_SET_PDEATHSIG = 1
 #: How long a decoder process may take to exit after its pipe closed.
 _EXIT_GRACE_S = 2.0
 
@@ -48,88 +45,35 @@ class SlotDied(Exception):
 # --- the child side: blocking I/O on a plain socket --------------------------------
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        part = sock.recv(size - len(buf))
-        if not part:
-            raise EOFError
-        buf += part
-    return bytes(buf)
-
-
-def _send(sock: socket.socket, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(data)) + data)
-
-
-def _recv(sock: socket.socket) -> Any:
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
-    return pickle.loads(_recv_exact(sock, size))
-
-
 def _serve_one_session(sock: socket.socket, engine: Engine, rules: EndpointRules) -> None:
-    kind, first_segment, offset, interval = _recv(sock)
+    kind, first_segment, offset, interval = recv_frame(sock)
     if kind != "start":
         raise ValueError(f"expected start, got {kind!r}")
+    utterances = ForkingEngine(engine)
     recognizer = Recognizer(
-        engine, rules, partial_interval=interval, first_segment=first_segment, offset_samples=offset
+        utterances,
+        rules,
+        partial_interval=interval,
+        first_segment=first_segment,
+        offset_samples=offset,
     )
-    while True:
-        msg = _recv(sock)
-        if msg[0] == "audio":
-            events = recognizer.feed(msg[1])
-            if events:
-                _send(sock, ("events", events))
-        elif msg[0] in ("end", "abort"):
-            events = recognizer.end()
-            if msg[0] == "end" and events:
-                _send(sock, ("events", events))
-            _send(sock, ("ended", recognizer.samples_received))
-            return
-        else:
-            raise ValueError(f"unknown decoder command {msg[0]!r}")
-
-
-def _become_child(keep: socket.socket, close: list[int]) -> None:
-    """Leave the parent's event loop, signals and sockets alone; die with the parent."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    for fd in close:  # siblings' pipes must see EOF when their own process goes
-        if fd != keep.fileno():
-            with suppress(OSError):
-                os.close(fd)
-
-
-def fork_call(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in a fresh fork and return its result (tests, benchmarks).
-
-    Gives a direct decode the same starting state a cluster session gets.
-    """
-    parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            parent.close()
-            _send(child, fn(*args))
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    child.close()
     try:
-        result: T = _recv(parent)
-    except EOFError:
-        raise RuntimeError(f"{fn.__name__} failed in the forked process") from None
+        while True:
+            msg = recv_frame(sock)
+            if msg[0] == "audio":
+                events = recognizer.feed(msg[1])
+                if events:
+                    send_frame(sock, ("events", events, recognizer.open_segment_start))
+            elif msg[0] in ("end", "abort"):
+                events = recognizer.end() if msg[0] == "end" else []
+                if events:
+                    send_frame(sock, ("events", events, recognizer.open_segment_start))
+                send_frame(sock, ("ended", recognizer.samples_received))
+                return
+            else:
+                raise ValueError(f"unknown decoder command {msg[0]!r}")
     finally:
-        parent.close()
-        os.waitpid(pid, 0)
-    return result
+        utterances.close()
 
 
 # --- the parent side ---------------------------------------------------------------
@@ -152,14 +96,14 @@ class Slot:
     async def send(self, *msg: Any) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self._writer.write(_HEADER.pack(len(data)) + data)
+            self._writer.write(HEADER.pack(len(data)) + data)
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
             raise SlotDied(f"decoder process {self.pid}") from exc
 
     async def recv(self) -> Any:
         try:
-            (size,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
+            (size,) = HEADER.unpack(await self._reader.readexactly(HEADER.size))
             return pickle.loads(await self._reader.readexactly(size))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise SlotDied(f"decoder process {self.pid}") from exc
@@ -215,14 +159,14 @@ class DecoderPool:
             code = 0
             try:
                 parent_sock.close()
-                _become_child(child_sock, [slot.fileno for slot in self._live.values()])
+                become_child(child_sock, [slot.fileno for slot in self._live.values()])
                 _serve_one_session(child_sock, self._engine, self._rules)
             except EOFError:
                 pass  # the worker went away or dropped the session
             except BaseException as exc:
                 log.exception("decoder process failed")
                 with suppress(OSError):
-                    _send(child_sock, ("error", f"{type(exc).__name__}: {exc}"))
+                    send_frame(child_sock, ("error", f"{type(exc).__name__}: {exc}"))
                 code = 1
             finally:
                 os._exit(code)

@@ -98,12 +98,12 @@ def _load_reference(model_path: str) -> None:
 
 
 def _reference_decode(pcm: bytes, chunk_bytes: int) -> Any:
+    from decoder_worker.forking import ForkingEngine
     from decoder_worker.recognizer import decode_pcm
-    from decoder_worker.slots import fork_call
 
     assert _REFERENCE is not None
     engine, rules = _REFERENCE
-    return fork_call(decode_pcm, engine, rules, pcm, chunk_bytes)
+    return decode_pcm(ForkingEngine(engine), rules, pcm, chunk_bytes)
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +113,7 @@ def reference_decode(prepared_model):  # type: ignore[no-untyped-def]
     kaldi-active-grammar carries process-wide state from one utterance to the next (a
     second engine loaded in a process that already decoded is not pristine either), so
     the reference runs in a freshly spawned interpreter that loads the engine once,
-    never decodes with it, and serves each request in a fresh fork — as a worker does.
+    never decodes with it, and decodes each utterance in a fresh fork — as a worker does.
     ``reference_decode(pcm, chunk_bytes=8000) -> list[Final]``.
     """
     ctx = multiprocessing.get_context("spawn")

@@ -148,9 +148,9 @@ def test_real_clip_is_deterministic(reference_decode: Callable[..., list[Final]]
     if not clips:
         pytest.skip(f"no test clips under {TESTDATA}")
     pcm = read_pcm(clips[0])
-    # Each decode in a fresh fork of the loaded engine, as every cluster session runs:
-    # KaG's decoder carries state from one utterance to the next (docs/engine.md), so
-    # only equal starting states can be expected to give equal text.
+    # Each utterance in a fresh fork of a never-used engine, as the cluster decodes:
+    # KaG carries state from one utterance to the next (docs/engine.md), so only equal
+    # starting states can be expected to give equal text.
     first = reference_decode(pcm)
     second = reference_decode(pcm, 3333)
     assert first and re.search(r"[가-힣]{2}", " ".join(f.text for f in first))
