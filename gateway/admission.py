@@ -1,16 +1,17 @@
 """Admission: a new session gets a decoder slot, or status 9.
 
-With ``admission_wait`` 0 (the default, as kaldi-gstreamer-server) a session is
-refused at once when the cluster has no free slot for its model; otherwise it waits up
-to that long for one. Once enqueued, a worker must claim it within ``claim_timeout``;
-if none does, the session is cancelled atomically (a worker claiming it later sees the
+With ``admission_wait`` 0 (the default, as kaldi-gstreamer-server) a session is refused
+at once when the cluster has no free slot for its model. Otherwise it is enqueued at
+once and waits in the sessions stream — where the group's lag counts it, so autoscaling
+sees the demand — for up to ``admission_wait`` seconds for a worker to claim it. A
+session enqueued while a slot was free gets ``claim_timeout`` for the claim. A session
+not claimed in time is cancelled atomically (a worker reaching it later sees the
 cancellation and drops it) and the client gets status 9.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from redis.asyncio import Redis
 
@@ -18,16 +19,6 @@ from shared import cluster, sessions
 from shared.keys import Keys
 from shared.protocol import NoDecoderAvailable
 from shared.wire import Claimed, Event, SessionRequest
-
-_POLL_S = 0.2
-
-
-async def wait_for_slot(redis: Redis, keys: Keys, model: str, wait: float) -> None:
-    deadline = time.monotonic() + wait
-    while await cluster.free_slots(redis, keys, model) <= 0:
-        if time.monotonic() >= deadline:
-            raise NoDecoderAvailable()
-        await asyncio.sleep(_POLL_S)
 
 
 async def admit(
@@ -44,22 +35,24 @@ async def admit(
 
     The caller has subscribed ``events`` to the session's channel already.
     """
-    await wait_for_slot(redis, keys, request.model, wait)
+    free = await cluster.free_slots(redis, keys, request.model)
+    if free <= 0 and wait <= 0:
+        raise NoDecoderAvailable()
     await sessions.create(redis, keys, request, sample_rate)
     await sessions.enqueue(redis, keys, request)
     try:
-        async with asyncio.timeout(claim_timeout):
-            while True:
-                event = await events.get()
-                if isinstance(event, Claimed):
-                    return event
+        async with asyncio.timeout(claim_timeout if free > 0 else wait):
+            return await _claimed(events)
     except TimeoutError:
         if await sessions.cancel(redis, keys, request.sid):
             await sessions.retire(redis, keys, request.sid, sessions.State.CANCELLED)
-            await redis.hincrby(keys.stats, "rejected:no_decoder", 1)
             raise NoDecoderAvailable() from None
         # A worker claimed it in the last instant; its Claimed event is on its way.
-        while True:
-            event = await events.get()
-            if isinstance(event, Claimed):
-                return event
+        return await _claimed(events)
+
+
+async def _claimed(events: asyncio.Queue[Event]) -> Claimed:
+    while True:
+        event = await events.get()
+        if isinstance(event, Claimed):
+            return event

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager, suppress
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
+from gateway import http
 from gateway.speech import handle_speech
 from gateway.state import GATEWAY, Gateway
 from shared import cluster, metrics
@@ -90,6 +91,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/status", handle_cluster)
+    http.add_routes(app)
     app.router.add_get("/metrics", metrics.handler(gateway.metrics.registry))
     return app
 

@@ -1,29 +1,42 @@
 """Where audio is normalised: whatever the client sends becomes s16le mono PCM at the
 model's sample rate before it goes onto the session's audio stream.
 
-The input format comes from the client's ``content-type`` (a GStreamer caps string for
-raw PCM) or, when that is empty, from the bytes themselves (a WAV header). Resampling
-and down-mixing use FFmpeg's libswresample through PyAV; input that already matches
-the model's format passes through untouched.
+The input format comes from the client's ``content-type`` (a GStreamer caps string or
+a MIME type with parameters, for raw PCM) or, when that is empty or names another
+media type, from the bytes themselves (:mod:`gateway.formats`). Two paths:
+
+* **PCM** — raw, or WAV with integer or float samples (plain or extensible): the
+  header is parsed here and the samples converted on the event loop, no thread, a
+  few microseconds per piece. Input that already matches the model passes untouched.
+* **Containers** — OGG, WebM/Matroska, MP3, FLAC, AAC and coded WAV: decoded by
+  FFmpeg on a thread per session (:mod:`gateway.containers`) as the bytes arrive.
+
+Resampling and down-mixing use FFmpeg's libswresample through PyAV on both paths.
 """
 
 from __future__ import annotations
 
-import io
-import wave
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
 
-from shared.protocol import BadRequest
+from gateway.containers import ContainerDecoder
+from gateway.formats import SNIFF_BYTES, WAV, parse_wav, sniff
+from shared.protocol import BadRequest, UnsupportedAudio
 
-#: caps format name -> (PyAV sample format, bytes per sample)
-_FORMATS = {"S16LE": ("s16", 2), "S32LE": ("s32", 4), "F32LE": ("flt", 4), "U8": ("u8", 1)}
+#: caps format name -> (PyAV sample format after unpacking, bytes per sample)
+_FORMATS = {
+    "S16LE": ("s16", 2),
+    "S24LE": ("s32", 3),
+    "S32LE": ("s32", 4),
+    "F32LE": ("flt", 4),
+    "F64LE": ("dbl", 8),
+    "U8": ("u8", 1),
+}
 _RAW_TYPES = ("audio/x-raw", "audio/x-raw-int", "audio/x-raw-float")
-#: A WAV header larger than this is not a WAV header we accept.
-_MAX_HEADER = 64 * 1024
+_DTYPES = {"s16": np.int16, "s32": np.int32, "flt": np.float32, "dbl": np.float64, "u8": np.uint8}
 
 
 @dataclass(frozen=True)
@@ -75,9 +88,11 @@ def parse_caps(caps: str) -> RawFormat | None:
         raise BadRequest(f"Malformed rate or channels in {caps!r}") from exc
     fmt = fields.get("format", "").upper() or _legacy_format(media, fields)
     if fmt not in _FORMATS:
-        raise BadRequest(f"Unsupported sample format {fmt!r}; use one of {', '.join(_FORMATS)}")
+        raise UnsupportedAudio(
+            f"Unsupported sample format {fmt!r}; use one of {', '.join(_FORMATS)}"
+        )
     if not 1000 <= rate <= 384000 or not 1 <= channels <= 8:
-        raise BadRequest(f"Unsupported rate {rate} or channel count {channels}")
+        raise UnsupportedAudio(f"Unsupported rate {rate} or channel count {channels}")
     return RawFormat(rate=rate, format=fmt, channels=channels)
 
 
@@ -85,8 +100,8 @@ def _legacy_format(media: str, fields: dict[str, str]) -> str:
     """GStreamer 0.10 caps (``audio/x-raw-int, width=16``) name no format."""
     width = fields.get("width", "16")
     if media == "audio/x-raw-float":
-        return "F32LE" if width == "32" else f"F{width}LE"
-    return {"8": "U8", "16": "S16LE", "32": "S32LE"}.get(width, f"S{width}LE")
+        return f"F{width}LE"
+    return {"8": "U8"}.get(width, f"S{width}LE")
 
 
 class Normaliser:
@@ -102,9 +117,7 @@ class Normaliser:
         self._av_format = _FORMATS[fmt.format][0]
         self._layout = "mono" if fmt.channels == 1 else "stereo" if fmt.channels == 2 else ""
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=out_rate)
-        self._dtype = np.dtype(
-            {"s16": np.int16, "s32": np.int32, "flt": np.float32, "u8": np.uint8}[self._av_format]
-        )
+        self._dtype = np.dtype(_DTYPES[self._av_format])
 
     def push(self, data: bytes) -> bytes:
         data = self._carry + data
@@ -114,7 +127,13 @@ class Normaliser:
             return b""
         if self._passthrough:
             return data[:usable]
-        samples: Any = np.frombuffer(data, dtype=self._dtype, count=usable // self._dtype.itemsize)
+        samples: Any
+        if self.fmt.format == "S24LE":
+            # Three bytes per sample: place them in the top of an int32 (sign included).
+            b = np.frombuffer(data, np.uint8, count=usable).reshape(-1, 3).astype(np.int32)
+            samples = (b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)
+        else:
+            samples = np.frombuffer(data, dtype=self._dtype, count=usable // self._dtype.itemsize)
         if not self._layout:
             # More than two channels: PyAV needs a named layout, so average them here.
             mono = samples.reshape(-1, self.fmt.channels).astype(np.float32).mean(axis=1)
@@ -138,72 +157,96 @@ class Normaliser:
         )
 
 
-class AudioInput:
-    """One session's input: format detection (if needed), then normalisation."""
+class _Stage(Protocol):
+    async def push(self, data: bytes) -> bytes: ...
+    async def flush(self) -> bytes: ...
+    async def aclose(self) -> None: ...
 
-    def __init__(self, caps: str, out_rate: int) -> None:
-        self.out_rate = out_rate
-        fmt = parse_caps(caps)
-        self._header = b""
-        self._remaining: int | None = None  # bytes left in the WAV data chunk
-        self._normaliser = Normaliser(fmt, out_rate) if fmt is not None else None
 
-    def push(self, data: bytes) -> bytes:
-        if self._normaliser is None:
-            data = self._sniff(data)
-            if self._normaliser is None:
-                return b""
+class _PcmStage:
+    """PCM on the event loop: at most ``limit`` bytes of it (a WAV data chunk)."""
+
+    def __init__(self, normaliser: Normaliser, limit: int | None = None) -> None:
+        self._normaliser = normaliser
+        self._remaining = limit
+
+    async def push(self, data: bytes) -> bytes:
         if self._remaining is not None:
             data = data[: self._remaining]
             self._remaining -= len(data)
         return self._normaliser.push(data)
 
-    def flush(self) -> bytes:
-        if self._normaliser is None:
-            if self._header:
-                raise BadRequest("Audio ended inside the WAV header")
-            return b""
+    async def flush(self) -> bytes:
         return self._normaliser.flush()
 
-    def _sniff(self, data: bytes) -> bytes:
-        """Buffer until a WAV header is complete; return the audio bytes after it."""
-        buf = self._header + data
-        if len(buf) >= 12 and not (buf[:4] == b"RIFF" and buf[8:12] == b"WAVE"):
-            raise BadRequest(
-                "Unsupported audio: not a WAV file; send WAV, or raw PCM with a "
-                "content-type such as audio/x-raw, rate=16000, format=S16LE, channels=1"
-            )
-        start = _data_offset(buf)
-        if start is None:
-            if len(buf) > _MAX_HEADER:
-                raise BadRequest("WAV header too large")
-            self._header = buf
+    async def aclose(self) -> None:
+        pass
+
+
+class AudioInput:
+    """One session's input: format detection (if needed), then decoding and normalisation.
+
+    ``push`` and ``flush`` are coroutines because containers decode on a thread;
+    on the PCM path they return without suspending. ``aclose`` must be called when the
+    session ends, however it ends (it stops a decoder thread; idempotent).
+    """
+
+    def __init__(self, caps: str, out_rate: int, *, label: str = "") -> None:
+        self.out_rate = out_rate
+        self.label = label
+        fmt = parse_caps(caps)
+        #: what the input turned out to be: ``raw``, ``wav``, ``ogg``… (``None`` until known)
+        self.kind: str | None = "raw" if fmt is not None else None
+        self._head = b""
+        self._stage: _Stage | None = None
+        if fmt is not None:
+            self._stage = _PcmStage(Normaliser(fmt, out_rate))
+
+    @property
+    def threaded(self) -> bool:
+        """Whether a decoder thread serves this input."""
+        return isinstance(self._stage, ContainerDecoder)
+
+    async def push(self, data: bytes) -> bytes:
+        if self._stage is None:
+            data = self._detect(data, final=False)
+            if self._stage is None:
+                return b""
+        return await self._stage.push(data)
+
+    async def flush(self) -> bytes:
+        if self._stage is None:
+            if not self._head:
+                return b""  # no audio at all
+            data = self._detect(b"", final=True)
+            if self._stage is None:
+                kind = (self.kind or "audio").upper()
+                raise UnsupportedAudio(f"Audio ended inside the {kind} header")
+            out = await self._stage.push(data)
+            return out + await self._stage.flush()
+        return await self._stage.flush()
+
+    async def aclose(self) -> None:
+        if self._stage is not None:
+            await self._stage.aclose()
+
+    def _detect(self, data: bytes, *, final: bool) -> bytes:
+        """Buffer until the format is known; set up the stage; return its first input."""
+        buf = self._head + data
+        self._head = buf
+        kind = self.kind or sniff(buf[:SNIFF_BYTES], final=final)
+        if kind is None:
             return b""
-        try:
-            with wave.open(io.BytesIO(buf), "rb") as wav:
-                width, rate, channels = wav.getsampwidth(), wav.getframerate(), wav.getnchannels()
-                declared = wav.getnframes() * width * channels
-        except (wave.Error, EOFError, ValueError) as exc:
-            raise BadRequest(f"Unsupported WAV file: {exc}") from exc
-        fmt = {1: "U8", 2: "S16LE", 4: "S32LE"}.get(width)
-        if fmt is None or not 1 <= channels <= 8 or not 1000 <= rate <= 384000:
-            raise BadRequest(f"Unsupported WAV format: {width * 8}-bit, {channels} ch, {rate} Hz")
-        self._header = b""
-        # Streamed WAVs often declare a zero or maximal length: then take all that comes.
-        if 0 < declared < 0xFFFFFF00:
-            self._remaining = declared
-        self._normaliser = Normaliser(
-            RawFormat(rate=rate, format=fmt, channels=channels), self.out_rate
-        )
-        return buf[start:]
-
-
-def _data_offset(buf: bytes) -> int | None:
-    """Where the samples of a RIFF/WAVE file start, or None if the header is incomplete."""
-    pos = 12
-    while pos + 8 <= len(buf):
-        size = int.from_bytes(buf[pos + 4 : pos + 8], "little")
-        if buf[pos : pos + 4] == b"data":
-            return pos + 8
-        pos += 8 + size + (size & 1)  # chunks are padded to even sizes
-    return None
+        self.kind = kind
+        if kind == WAV:
+            wav = parse_wav(buf)
+            if wav is None:
+                return b""
+            if wav.sample_format is not None:
+                self._head = b""
+                fmt = RawFormat(rate=wav.rate, format=wav.sample_format, channels=wav.channels)
+                self._stage = _PcmStage(Normaliser(fmt, self.out_rate), wav.data_bytes)
+                return buf[wav.data_offset :]
+        self._head = b""
+        self._stage = ContainerDecoder(kind, self.out_rate, label=self.label)
+        return buf

@@ -40,8 +40,8 @@ class Outcome:
 
     messages: list[str] = field(default_factory=list)
     close: bool = False
-    #: Finals announced by ``Done`` were not all seen: read the results stream, feed
-    #: them through :meth:`ClientSession.on_event`, then deliver the ``Done`` again.
+    #: Finals may have been missed: read the results stream, feed its finals through
+    #: :meth:`ClientSession.on_event`, then call :meth:`ClientSession.after_catch_up`.
     catch_up: bool = False
 
 
@@ -52,6 +52,10 @@ class ClientSession:
         self.next_segment = 0
         self.last_partial: tuple[int, str] | None = None
         self.finals: list[FinalResult] = []
+        #: the status message that ended the session, if it did not end normally
+        self.failure: StatusMessage | None = None
+        #: the gateway-side error behind :attr:`failure` (``None`` if the worker failed)
+        self.error: SessionError | None = None
         self._caught_up = False
 
     # --- client side ---------------------------------------------------------------
@@ -73,8 +77,9 @@ class ClientSession:
         if self.phase is Phase.CLOSED:
             return Outcome()
         self.phase = Phase.CLOSED
-        message = StatusMessage(self.sid, status_for(exc), str(exc)).serialize()
-        return Outcome([message], close=True)
+        self.error = exc
+        self.failure = StatusMessage(self.sid, status_for(exc), str(exc))
+        return Outcome([self.failure.serialize()], close=True)
 
     # --- worker side ---------------------------------------------------------------
 
@@ -84,7 +89,11 @@ class ClientSession:
         if isinstance(event, Claimed):
             if self.phase is Phase.CONNECTING:
                 self.phase = Phase.STREAMING
-            return Outcome()
+                return Outcome()
+            # Claimed again: another worker took the session over (or its decoder was
+            # replaced). A final published just before the old owner died may never
+            # have reached us: read the results stream before going on.
+            return Outcome(catch_up=True)
         if isinstance(event, PartialResult):
             return Outcome(self._partial(event))
         if isinstance(event, FinalResult):
@@ -92,7 +101,8 @@ class ClientSession:
         if isinstance(event, Failed):
             self.phase = Phase.CLOSED
             status = Status(event.status) if event.status in _CODES else Status.ABORTED
-            return Outcome([StatusMessage(self.sid, status, event.message).serialize()], close=True)
+            self.failure = StatusMessage(self.sid, status, event.message)
+            return Outcome([self.failure.serialize()], close=True)
         if isinstance(event, Done):
             if self.next_segment < event.segments and not self._caught_up:
                 self._caught_up = True
@@ -100,6 +110,15 @@ class ClientSession:
             self.phase = Phase.CLOSED
             return Outcome(close=True)
         raise TypeError(f"unexpected event {event!r}")
+
+    def after_catch_up(self, event: Event) -> Outcome:
+        """What to do with the event that asked for a catch-up, now that it is done."""
+        return self.on_event(event) if isinstance(event, Done) else Outcome()
+
+    @property
+    def transcript(self) -> str:
+        """The finals so far, joined by spaces (the HTTP API's ``utterance``)."""
+        return " ".join(final.text for final in self.finals)
 
     def _partial(self, event: PartialResult) -> list[str]:
         if event.segment < self.next_segment or not event.text:

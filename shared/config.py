@@ -69,6 +69,9 @@ class GatewaySettings(CommonSettings):
     drain_timeout: float = setting(
         30.0, "on SIGTERM, seconds open sessions may take to finish before they are closed"
     )
+    cors_origins: str = setting(
+        "*", "origins allowed to call the HTTP API from a browser: * or a comma-separated list"
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class WorkerSettings(CommonSettings):
     partial_interval: float = setting(0.5, "seconds of audio between partial results")
     worker_id: str = setting("", "worker id; default host-pid")
     metrics_port: int = setting(9100, "port for Prometheus /metrics and /healthz; 0 turns it off")
+    lease: float = setting(
+        4.0, "seconds without a renewal after which another worker takes a session over"
+    )
     drain_timeout: float = setting(
         30.0, "on SIGTERM, seconds running sessions may take to finish before they are cut"
     )

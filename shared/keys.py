@@ -18,6 +18,7 @@ key                        type        purpose
 ``P:models``               hash        model id -> JSON info (sample rate) from workers
 ``P:live``                 zset        live session ids scored by creation time
 ``P:stats``                hash        counters: requests processed, rejects by reason
+``P:references``           hash        reference texts by content id (no expiry)
 =========================  ==========  ===================================================
 """
 
@@ -30,8 +31,8 @@ GROUP = "decoders"
 
 #: A worker whose heartbeat is older than this is considered gone.
 WORKER_TTL_S = 10
-#: How often a worker refreshes its heartbeat.
-HEARTBEAT_INTERVAL_S = 2.0
+#: How often a worker refreshes its heartbeat and the leases of its sessions.
+HEARTBEAT_INTERVAL_S = 1.0
 #: Session keys expire this long after the session ended (results stay readable).
 SESSION_TTL_S = 600
 
@@ -75,6 +76,11 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
+
+    @property
+    def references(self) -> str:
+        """Reference transcripts posted to ``/client/dynamic/reference``."""
+        return f"{self.prefix}:references"
 
     def session_keys(self, sid: str) -> tuple[str, ...]:
         """The keys that expire together when a session ends."""

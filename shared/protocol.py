@@ -8,6 +8,7 @@ gateway sends that status with the exception's text, then closes the socket.
 
     SessionError
     ├── BadRequest          (5: malformed caps, undecodable audio, oversized frame…)
+    │   └── UnsupportedAudio    (5: audio in a format the gateway cannot decode)
     ├── NoDecoderAvailable  (9: no free slot within the admission wait)
     └── Aborted             (2: the decoder failed, the session was cancelled)
 """
@@ -41,6 +42,13 @@ class SessionError(Exception):
 
 class BadRequest(SessionError):
     pass
+
+
+class UnsupportedAudio(BadRequest):
+    """The request was well formed but its audio cannot be decoded: an unknown or
+    broken container, a codec or sample format the gateway does not read, a stream
+    that ended inside its header. HTTP answers it with 415, other bad requests with 400.
+    """
 
 
 class NoDecoderAvailable(SessionError):
@@ -150,3 +158,77 @@ class ClientText:
             # kaldi-active-grammar cannot import adaptation state: accepted, not applied.
             return cls(eos=False, adaptation_state=True)
         raise BadRequest(f"Unsupported text message: {text[:80]!r}")
+
+
+# --- HTTP: /client/dynamic/recognize and /client/dynamic/reference ---------------------
+
+
+@dataclass(frozen=True)
+class RecognitionReply:
+    """The answer to an HTTP recognition request: the finals joined by spaces."""
+
+    sid: str
+    utterance: str
+
+    def serialize(self) -> str:
+        return _dump(
+            {
+                "status": int(Status.SUCCESS),
+                "id": self.sid,
+                "hypotheses": [{"utterance": self.utterance}],
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """An HTTP error that belongs to no session (a reference request, a preflight)."""
+
+    status: Status
+    message: str
+
+    def serialize(self) -> str:
+        return _dump({"status": int(self.status), "message": self.message})
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference transcript for a content id, as kaldi-gstreamer-server keeps it.
+
+    The stored value is the original's ``reference-content.json`` entry:
+    ``{"content": …, "user_id": …, "time": "YYYY-MM-DDTHH:MM:SS"}``.
+    """
+
+    content_id: str
+    content: str
+    user_id: str = ""
+    time: str = ""
+
+    def value(self) -> str:
+        """The entry without its id: what a Redis hash field holds."""
+        return _dump(self._entry())
+
+    def serialize(self) -> str:
+        """One reference as an HTTP reply: the entry plus its ``content-id``."""
+        return _dump({"content-id": self.content_id, **self._entry()})
+
+    def _entry(self) -> dict[str, str]:
+        return {"content": self.content, "user_id": self.user_id, "time": self.time}
+
+    @classmethod
+    def parse(cls, content_id: str, value: str | bytes) -> Reference:
+        try:
+            obj = json.loads(value)
+            return cls(
+                content_id=content_id,
+                content=str(obj["content"]),
+                user_id=str(obj.get("user_id", "")),
+                time=str(obj.get("time", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"bad reference entry for {content_id!r}") from exc
+
+
+def serialize_references(references: list[Reference]) -> str:
+    """Every reference, keyed by content id: the shape of the original's JSON file."""
+    return _dump({r.content_id: r._entry() for r in references})

@@ -1,0 +1,267 @@
+"""One recognition session, whatever the transport carries it.
+
+A transport (the websocket in :mod:`gateway.speech`, HTTP in :mod:`gateway.http`)
+hands :class:`SessionRunner` three things and does nothing else:
+
+* a :class:`SessionSpec` — model, content type, the client's ids for the log;
+* an :data:`AudioSource` — an async generator of audio pieces (``bytes``) and
+  :data:`EOS`; ending without ``EOS`` means the client went away;
+* a :class:`ResultSink` — where the pure core's :class:`~gateway.session.Outcome`
+  goes (the websocket sends each message; HTTP keeps only the verdict).
+
+The runner does the rest: admission, normalisation, the audio stream, and worker
+events through :class:`~gateway.session.ClientSession`. Two tasks per session:
+``_pump_audio`` reads the source, normalises and appends to the session's audio
+stream; ``_pump_events`` turns worker events into client messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing, suppress
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.admission import admit
+from gateway.audio import AudioInput
+from gateway.session import ClientSession, Outcome, Phase
+from gateway.state import Gateway
+from shared import cluster
+from shared.protocol import BadRequest, NoDecoderAvailable, SessionError
+from shared.wire import (
+    Abort,
+    AudioChunk,
+    EndOfStream,
+    PartialResult,
+    SessionRequest,
+    parse_final_fields,
+)
+
+log = logging.getLogger(__name__)
+#: Sessions refused or ended by the gateway, by reason (metrics, ``stats`` counters).
+_REJECT_REASONS: dict[type[SessionError], str] = {
+    NoDecoderAvailable: "no_decoder",
+    BadRequest: "bad_input",
+}
+
+
+class Mark(Enum):
+    """Non-audio items of an :data:`AudioSource`."""
+
+    EOS = "EOS"
+
+
+EOS = Mark.EOS
+AudioSource = AsyncGenerator[bytes | Mark, None]
+
+
+class ResultSink(Protocol):
+    async def deliver(self, outcome: Outcome) -> None:
+        """Send ``outcome.messages`` (if the transport streams them), then close if told."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    model: str
+    content_type: str
+    transport: str
+    #: kaldi-gstreamer-server's ``user-id`` (websocket) or ``device-id`` (HTTP)
+    user_id: str = ""
+    content_id: str = ""
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: str, kwargs: dict) -> tuple[str, dict]:  # type: ignore[type-arg,override]
+        return f"[{self.extra['sid']}] {msg}", kwargs  # type: ignore[index]
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        gateway: Gateway,
+        spec: SessionSpec,
+        source: AudioSource,
+        sink: ResultSink,
+        *,
+        sid: str | None = None,
+        socket: web.WebSocketResponse | None = None,
+    ) -> None:
+        self.gw = gateway
+        self.spec = spec
+        self.source = source
+        self.sink = sink
+        self.core = ClientSession(sid or uuid.uuid4().hex)
+        self.log = SessionLog(log, {"sid": self.core.sid})
+        self.keys = gateway.keys
+        self.redis = gateway.redis
+        self.audio: AudioInput | None = None
+        #: a websocket the gateway's drain may close (see :meth:`Gateway.close_sessions`)
+        self.socket = socket
+        self._audio_at = 0.0  # when audio last went onto the stream (partial latency)
+        self._eos_at = 0.0  # when EOS did (final latency)
+
+    @property
+    def sid(self) -> str:
+        return self.core.sid
+
+    async def run(self) -> ClientSession:
+        """Run the session to its end; the core then holds the finals and the verdict."""
+        started = time.monotonic()
+        outcome = "ok"
+        with self.gw.track(self.sid, self.socket):
+            try:
+                await self._session()
+            except SessionError as exc:
+                outcome = type(exc).__name__
+                self.log.info("%s: %s", outcome, exc)
+                reason = next(
+                    (r for cls, r in _REJECT_REASONS.items() if isinstance(exc, cls)), None
+                )
+                if reason is not None:
+                    self.gw.metrics.rejects_total.labels(reason).inc()
+                    with suppress(RedisError, OSError):
+                        await self.redis.hincrby(self.keys.stats, f"rejected:{reason}", 1)
+                await self.sink.deliver(self.core.on_error(exc))
+            finally:
+                if self.audio is not None:
+                    await self.audio.aclose()
+            if self.core.failure is not None and outcome == "ok":
+                outcome = f"status {int(self.core.failure.status)}"
+            self.gw.metrics.sessions_total.labels(outcome).inc()
+            kind = self.audio.kind if self.audio is not None else None
+            self.log.info(
+                "session ended (%s) after %.1f s; audio %s",
+                outcome,
+                time.monotonic() - started,
+                kind or "none",
+            )
+        return self.core
+
+    async def _session(self) -> None:
+        settings = self.gw.settings
+        spec = self.spec
+        model = await cluster.model(self.redis, self.keys, spec.model)
+        if model is None:
+            raise NoDecoderAvailable()
+        # BadRequest on a malformed content type, before a slot is taken.
+        self.audio = AudioInput(spec.content_type, model.sample_rate, label=self.sid[:8])
+        self.log.info(
+            "session started: %s model=%s content-type=%r user=%r content=%r",
+            spec.transport,
+            spec.model,
+            spec.content_type,
+            spec.user_id,
+            spec.content_id,
+        )
+        events = await self.gw.hub.subscribe(self.sid)
+        try:
+            queued = time.monotonic()
+            claimed = await admit(
+                self.redis,
+                self.keys,
+                SessionRequest(sid=self.sid, model=spec.model, created=time.time()),
+                events,
+                sample_rate=model.sample_rate,
+                wait=settings.admission_wait,
+                claim_timeout=settings.claim_timeout,
+            )
+            self.gw.metrics.queue_wait.observe(time.monotonic() - queued)
+            self.log.info("claimed by %s", claimed.worker)
+            self.core.on_event(claimed)
+            pump_audio = asyncio.create_task(self._pump_audio(self.audio, model.sample_rate))
+            pump_events = asyncio.create_task(self._pump_events(events))
+            try:
+                done, _ = await asyncio.wait(
+                    (pump_audio, pump_events), return_when=asyncio.FIRST_COMPLETED
+                )
+                if pump_audio in done:
+                    if pump_audio.result():  # raises what ended the session early
+                        await pump_events
+                else:
+                    # The session closed on the worker's side first (done or failed):
+                    # whatever the client still sends is not read.
+                    pump_events.result()
+            finally:
+                for task in (pump_audio, pump_events):
+                    task.cancel()
+                # What ended the session was raised above; the rest is cleanup.
+                await asyncio.gather(pump_audio, pump_events, return_exceptions=True)
+        finally:
+            await self.gw.hub.unsubscribe(self.sid)
+
+    async def _append(self, *entries: AudioChunk | EndOfStream | Abort) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        audio_bytes = 0
+        for entry in entries:
+            pipe.xadd(self.keys.audio(self.sid), entry.serialize())
+            if isinstance(entry, AudioChunk):
+                audio_bytes += len(entry.pcm)
+                self._audio_at = time.monotonic()
+        if audio_bytes:
+            pipe.hincrby(self.keys.meta(self.sid), "audio_bytes", audio_bytes)
+        await pipe.execute()
+
+    async def _pump_audio(self, audio: AudioInput, rate: int) -> bool:
+        """Source pieces -> normalised chunks on the audio stream, until EOS or the end.
+
+        Returns False when the client went away before ``EOS``.
+        """
+        chunk = max(2, int(self.gw.settings.chunk_seconds * rate) * 2)
+        pending = b""
+        try:
+            async with aclosing(self.source) as source:
+                async for item in source:
+                    if item is EOS:
+                        self.core.on_eos()
+                        self._eos_at = time.monotonic()
+                        pending += await audio.flush()
+                        tail = [AudioChunk(pending)] if pending else []
+                        pending = b""
+                        await self._append(*tail, EndOfStream())
+                        self.log.info("EOS received")
+                        continue
+                    assert isinstance(item, bytes)
+                    self.core.on_audio()
+                    pending += await audio.push(item)
+                    if len(pending) >= chunk:
+                        cut = len(pending) - len(pending) % chunk
+                        pieces = [pending[i : i + chunk] for i in range(0, cut, chunk)]
+                        pending = pending[cut:]
+                        await self._append(*(AudioChunk(p) for p in pieces))
+        except SessionError as exc:
+            await self._append(Abort(str(exc)))
+            raise
+        if self.core.phase is Phase.STREAMING:
+            # The client went away before EOS: the worker stops, nobody is told.
+            self.log.info("client closed before EOS")
+            await self._append(Abort("client disconnected"))
+            return False
+        return True
+
+    async def _pump_events(self, events: asyncio.Queue) -> None:  # type: ignore[type-arg]
+        while True:
+            event = await events.get()
+            if isinstance(event, PartialResult) and self._audio_at:
+                self.gw.metrics.partial_latency.observe(time.monotonic() - self._audio_at)
+            outcome = self.core.on_event(event)
+            if outcome.catch_up:
+                await self._catch_up()
+                outcome = self.core.after_catch_up(event)
+            await self.sink.deliver(outcome)
+            if outcome.close and self._eos_at:
+                self.gw.metrics.final_latency.observe(time.monotonic() - self._eos_at)
+            if outcome.close:
+                return
+
+    async def _catch_up(self) -> None:
+        """Deliver finals that reached the results stream but not us over pub/sub."""
+        for _id, fields in await self.redis.xrange(self.keys.results(self.sid)):
+            await self.sink.deliver(self.core.on_event(parse_final_fields(fields)))
