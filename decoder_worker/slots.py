@@ -176,11 +176,15 @@ class DecoderPool:
         self._live[pid] = slot
         return slot
 
+    async def reap(self, slot: Slot) -> float:
+        """End a session process and return its CPU seconds; the slot stays reserved."""
+        self._live.pop(slot.pid, None)
+        return await slot.close()
+
     async def retire(self, slot: Slot) -> float:
         """The session is over: reap its process, free the slot, return its CPU seconds."""
-        self._live.pop(slot.pid, None)
         try:
-            return await slot.close()
+            return await self.reap(slot)
         finally:
             self.unreserve()
 

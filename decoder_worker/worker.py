@@ -1,12 +1,17 @@
 """The decoder worker: claims sessions while it has a free slot and decodes them.
 
-Where a session is claimed: :meth:`Worker._claim_loop` reads the model's sessions
-stream as consumer group ``decoders`` only after a slot is free, then wins the session
-with an atomic ``queued -> decoding`` step. :meth:`Worker._serve` moves audio from
-the session's stream into the slot's decoder process and publishes what comes back.
+Where a session is claimed: :meth:`Worker._claim_loop`. Holding a free slot, it first
+asks for sessions whose owner stopped renewing its lease (``XAUTOCLAIM`` on the model's
+sessions stream, consumer group ``decoders``), then for new ones (``XREADGROUP``), and
+wins a session with an atomic script on its record (:func:`shared.sessions.claim`).
+Each session then runs as a :class:`~decoder_worker.session.SessionRun`.
 
-Shutdown: stop claiming -> let running sessions finish (bounded by ``drain``) -> cancel
--> stop the decoder processes -> remove the heartbeat.
+Every heartbeat renews the lease of each running session, both in its record and by
+resetting its pending entry's idle time (``XCLAIM … JUSTID``).
+
+Shutdown: stop claiming -> advertise no free slot -> let running sessions finish for up
+to ``drain_timeout`` -> release the rest to other workers -> stop the decoder processes
+-> remove the heartbeat.
 """
 
 from __future__ import annotations
@@ -22,41 +27,20 @@ from contextlib import suppress
 
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from decoder_worker.recognizer import Final, Partial
-from decoder_worker.slots import DecoderPool, Slot, SlotDied
+from decoder_worker.session import SessionRun
+from decoder_worker.slots import DecoderPool
 from shared import metrics, sessions
 from shared.config import WorkerSettings
 from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, WORKER_TTL_S, Keys
 from shared.metrics import WorkerMetrics
-from shared.protocol import Status
-from shared.wire import (
-    Abort,
-    AudioChunk,
-    Claimed,
-    Done,
-    EndOfStream,
-    Event,
-    Failed,
-    FinalResult,
-    PartialResult,
-    SessionRequest,
-    final_fields,
-    parse_audio_entry,
-    serialize_event,
-)
+from shared.sessions import Claim
+from shared.wire import SessionRequest
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
-#: A session whose audio stream stays silent this long (its gateway vanished) fails.
-AUDIO_TIMEOUT_S = 60.0
-_BLOCK_MS = 1000
-
-
-class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: str, kwargs: dict) -> tuple[str, dict]:  # type: ignore[type-arg,override]
-        return f"[{self.extra['sid']}] {msg}", kwargs  # type: ignore[index]
+_BLOCK_MS = 500
 
 
 class Worker:
@@ -68,6 +52,7 @@ class Worker:
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.redis: Redis = Redis.from_url(settings.redis_url)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._runs: dict[str, SessionRun] = {}
         self._busy = 0
         self.draining = False
         self.metrics = WorkerMetrics()
@@ -84,7 +69,7 @@ class Worker:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        await self._heartbeat_once()
+        await self.heartbeat_once()
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         claimer = asyncio.create_task(self._claim_loop(), name="claim")
         log.info(
@@ -104,7 +89,7 @@ class Worker:
             with suppress(asyncio.CancelledError):
                 await claimer
             with suppress(Exception):
-                await self._heartbeat_once()
+                await self.heartbeat_once()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.drain_timeout)
             for task in list(self._tasks):
@@ -142,7 +127,7 @@ class Worker:
         """Slots not decoding a session (the claim loop's waiting slot counts as free)."""
         return 0 if self.draining else self.pool.size - self._busy
 
-    async def _heartbeat_once(self) -> None:
+    async def heartbeat_once(self) -> None:
         now = time.time()
         self.metrics.slots_free.set(self.slots_free)
         pipe = self.redis.pipeline(transaction=False)
@@ -173,8 +158,9 @@ class Worker:
                     await self._beat_now.wait()
             self._beat_now.clear()
             try:
-                await self._heartbeat_once()
-            except (OSError, ConnectionError) as exc:
+                await self.heartbeat_once()
+                await self._renew_leases()
+            except (OSError, RedisError) as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     # --- claiming --------------------------------------------------------------------
@@ -183,30 +169,42 @@ class Worker:
         while True:
             await self.pool.reserve()
             try:
-                entry_id, request = await self._next_request()
-                claimed = await sessions.claim(self.redis, self.keys, request.sid, self.id)
-                if not claimed:
-                    # The gateway gave up on it (cancelled) before we got there.
-                    await self.redis.xack(self.stream, GROUP, entry_id)
-                    self.pool.unreserve()
-                    continue
+                entry_id, request, claim = await self._next_claim()
                 slot = await self.pool.spawn()
             except BaseException:
                 self.pool.unreserve()
                 raise
             self._busy += 1
             self._beat_now.set()
-            task = asyncio.create_task(self._serve(request, entry_id, slot), name=request.sid)
+            run = SessionRun(self, request, entry_id, claim, slot)
+            self._runs[request.sid] = run
+            task = asyncio.create_task(run.run(), name=request.sid)
             self._tasks.add(task)
             task.add_done_callback(self._session_done)
 
-    def _session_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session task %s failed", task.get_name(), exc_info=task.exception())
+    async def _next_claim(self) -> tuple[bytes, SessionRequest, Claim]:
+        lease = self.settings.lease
+        while True:
+            entry_id, request = await self._next_request()
+            if request.sid in self._runs:
+                continue  # our own, renewed late: it is running here
+            claim = await sessions.claim(self.redis, self.keys, request.sid, self.id, lease)
+            if claim in (Claim.NEW, Claim.RESUME):
+                return entry_id, request, claim
+            if claim is None:  # ended or cancelled: nothing left to do
+                await self.redis.xack(self.stream, GROUP, entry_id)
+            # Claim.BUSY: its owner is alive after all; its next renewal takes it back.
 
     async def _next_request(self) -> tuple[bytes, SessionRequest]:
+        """A session whose owner went quiet for a lease, else a new one."""
+        idle_ms = int(self.settings.lease * 1000)
         while True:
+            _next, stale, _deleted = await self.redis.xautoclaim(
+                self.stream, GROUP, self.id, min_idle_time=idle_ms, start_id="0-0", count=1
+            )
+            for entry_id, fields in stale:
+                if fields:
+                    return entry_id, SessionRequest.parse(fields)
             reply = await self.redis.xreadgroup(
                 GROUP, self.id, {self.stream: ">"}, count=1, block=_BLOCK_MS
             )
@@ -214,124 +212,22 @@ class Worker:
                 for entry_id, fields in entries:
                     return entry_id, SessionRequest.parse(fields)
 
-    # --- one session -----------------------------------------------------------------
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._runs.pop(task.get_name(), None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _publish(self, sid: str, event: Event) -> None:
-        await self.redis.publish(self.keys.events(sid), serialize_event(event))
+    def session_finished(self) -> None:
+        """A session gave its slot back (called before its end is announced)."""
+        self._busy -= 1
 
-    async def _serve(self, request: SessionRequest, entry_id: bytes, slot: Slot) -> None:
-        sid = request.sid
-        slog = SessionLog(log, {"sid": sid})
-        slog.info("claimed (decoder pid %d)", slot.pid)
-        feeder: asyncio.Task[str] | None = None
-        last: Event
-        seconds = cpu = 0.0
-        try:
-            await self._publish(sid, Claimed(worker=self.id))
-            await slot.send("start", 0, 0, self.settings.partial_interval)
-            feeder = asyncio.create_task(self._feed(sid, slot))
-            segments, samples = await self._collect(sid, slot)
-            ending = await feeder
-            seconds = samples / self.sample_rate
-            last = (
-                Done(segments=segments, total=seconds)
-                if ending == "eos"
-                else Failed(int(Status.ABORTED), f"Session ended: {ending}")
-            )
-        except SlotDied as exc:
-            slog.error("decoder process died: %s", exc)
-            self.metrics.decoder_restarts_total.inc()
-            last = Failed(int(Status.ABORTED), "Decoder process failed")
-        except _SessionFailed as exc:
-            slog.warning("session failed: %s", exc)
-            last = Failed(int(exc.status), str(exc))
-        finally:
-            if feeder is not None and not feeder.done():
-                feeder.cancel()
-                with suppress(asyncio.CancelledError, SlotDied):
-                    await feeder
-            cpu = await self.pool.retire(slot)
-            self._busy -= 1
-        # Free the slot in Redis before the client hears the end: a client that
-        # reconnects at once must find the capacity it just released.
-        state = sessions.State.DONE if isinstance(last, Done) else sessions.State.FAILED
-        self.metrics.sessions_total.labels(state.value).inc()
-        if seconds > 0:
-            self.metrics.decode_rtf.observe(cpu / seconds)
-        slog.info(
-            "session %s: %.1f s audio, decoder CPU %.2f s (real-time factor %.2f)",
-            state.value,
-            seconds,
-            cpu,
-            cpu / seconds if seconds else 0.0,
-        )
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.meta(sid), "decoder_cpu", round(cpu, 3))
-        pipe.xack(self.stream, GROUP, entry_id)
-        pipe.hincrby(self.keys.stats, "requests_processed", 1)
-        await pipe.execute()
-        await sessions.retire(self.redis, self.keys, sid, state)
-        await self._heartbeat_once()
-        await self._publish(sid, last)
-
-    async def _feed(self, sid: str, slot: Slot) -> str:
-        """Audio stream -> decoder process. Returns how the stream ended."""
-        last = "0-0"
-        while True:
-            reply = await self.redis.xread(
-                {self.keys.audio(sid): last}, count=64, block=int(AUDIO_TIMEOUT_S * 1000)
-            )
-            if not reply:
-                await slot.send("abort")
-                return "timeout"
-            for _stream, entries in reply:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    entry = parse_audio_entry(fields)
-                    if isinstance(entry, AudioChunk):
-                        await slot.send("audio", entry.pcm)
-                    elif isinstance(entry, EndOfStream):
-                        await slot.send("end")
-                        return "eos"
-                    elif isinstance(entry, Abort):
-                        await slot.send("abort")
-                        return f"aborted: {entry.reason}"
-
-    async def _collect(self, sid: str, slot: Slot) -> tuple[int, int]:
-        """Decoder process -> pub/sub and the results stream, until the session ends."""
-        segments = 0
-        while True:
-            msg = await slot.recv()
-            kind = msg[0]
-            if kind == "events":
-                for event in msg[1]:
-                    if isinstance(event, Partial):
-                        await self._publish(sid, PartialResult(event.segment, event.text))
-                    elif isinstance(event, Final):
-                        final = FinalResult(
-                            segment=event.segment,
-                            text=event.text,
-                            likelihood=event.likelihood,
-                            start=event.start,
-                            length=event.length,
-                            total=event.total,
-                        )
-                        pipe = self.redis.pipeline(transaction=False)
-                        pipe.xadd(self.keys.results(sid), final_fields(final))
-                        pipe.hset(self.keys.meta(sid), "next_segment", final.segment + 1)
-                        pipe.publish(self.keys.events(sid), serialize_event(final))
-                        await pipe.execute()
-                        segments += 1
-            elif kind == "ended":
-                return segments, int(msg[1])
-            elif kind == "error":
-                raise _SessionFailed(Status.ABORTED, f"Decoding failed: {msg[1]}")
-
-
-class _SessionFailed(Exception):
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    async def _renew_leases(self) -> None:
+        lease = self.settings.lease
+        for run in list(self._runs.values()):
+            await self.redis.xclaim(self.stream, GROUP, self.id, 0, [run.entry_id], justid=True)
+            if not await sessions.renew(self.redis, self.keys, run.sid, self.id, lease):
+                run.lost.set()
 
 
 async def run(settings: WorkerSettings) -> None:

@@ -3,12 +3,18 @@
 The gateway creates the record (state ``queued``) and enqueues a :class:`SessionRequest`;
 a worker claims it (``queued`` -> ``decoding``) with a script, so that a gateway giving
 up on a slow claim (``queued`` -> ``cancelled``) and a worker claiming at the same moment
-cannot both win. Every script touches the keys of one session only (one hash slot).
+cannot both win. Every script touches the keys of one session only (one hash slot), so
+all of this works unchanged in Redis Cluster.
+
+Leases: the owner of a ``decoding`` session renews ``lease_until`` (Redis server time, ms)
+every heartbeat. Another worker may take the session over only once the lease has run
+out; it then resumes from the :class:`ReplayPoint` the owner saved with its last final.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -70,10 +76,92 @@ async def transition(
     return bool(result == b"ok")
 
 
-async def claim(redis: Redis, keys: Keys, sid: str, worker_id: str) -> bool:
-    return await transition(
-        redis, keys, sid, State.QUEUED, State.DECODING, owner=worker_id, claimed=repr(time.time())
-    )
+# Claim a queued session, or take over a decoding one whose lease ran out.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ = string.format('%.0f', now + tonumber(ARGV[2]))
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'decoding', 'owner', ARGV[1], 'lease_until', until_,
+             'claimed', string.format('%.0f', now))
+  return 'new'
+end
+if state == 'decoding' then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if owner == ARGV[1] or lease < now then
+    redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_until', until_)
+    redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
+    return 'resume'
+  end
+  return 'busy'
+end
+return state or 'missing'
+"""
+
+# Extend the lease if we still own the session; release it (lease_until 0) on request.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HGET', KEYS[1], 'state') ~= 'decoding' then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local until_ = '0'
+if tonumber(ARGV[2]) > 0 then until_ = string.format('%.0f', now + tonumber(ARGV[2])) end
+redis.call('HSET', KEYS[1], 'lease_until', until_)
+return 1
+"""
+
+
+class Claim(StrEnum):
+    NEW = "new"  # a fresh session: decode from the start
+    RESUME = "resume"  # taken over (or retried): decode from the saved replay point
+    BUSY = "busy"  # its owner's lease is still running: leave it
+
+
+async def claim(redis: Redis, keys: Keys, sid: str, worker_id: str, lease: float) -> Claim | None:
+    """Claim or take over ``sid``; None when it has ended (or was cancelled) already."""
+    result = await redis.eval(_CLAIM, 1, keys.meta(sid), worker_id, int(lease * 1000))
+    text = result.decode() if isinstance(result, bytes) else str(result)
+    return Claim(text) if text in Claim._value2member_map_ else None
+
+
+async def renew(redis: Redis, keys: Keys, sid: str, worker_id: str, lease: float) -> bool:
+    """Extend our lease on ``sid`` (``lease`` 0 releases it); False if we lost it."""
+    return bool(await redis.eval(_RENEW, 1, keys.meta(sid), worker_id, int(lease * 1000)))
+
+
+@dataclass(frozen=True)
+class ReplayPoint:
+    """Where decoding of a session resumes: the start of its open segment.
+
+    ``after`` is the audio-stream entry id to read after (exclusive), ``base`` the
+    absolute sample index of the first sample of the next entry, ``sample`` the
+    absolute sample index the decoder restarts at (``sample >= base``), ``segment`` the
+    number of the next final.
+    """
+
+    segment: int = 0
+    after: str = "0-0"
+    base: int = 0
+    sample: int = 0
+
+    def fields(self) -> dict[str, str | int]:
+        return {
+            "next_segment": self.segment,
+            "replay_after": self.after,
+            "replay_base": self.base,
+            "replay_sample": self.sample,
+        }
+
+    @classmethod
+    def read(cls, meta: dict[bytes, bytes]) -> ReplayPoint:
+        return cls(
+            segment=int(meta.get(b"next_segment", b"0")),
+            after=meta.get(b"replay_after", b"0-0").decode(),
+            base=int(meta.get(b"replay_base", b"0")),
+            sample=int(meta.get(b"replay_sample", b"0")),
+        )
 
 
 async def cancel(redis: Redis, keys: Keys, sid: str) -> bool:

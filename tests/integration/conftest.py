@@ -43,7 +43,12 @@ class Cluster:
 
 
 def start_worker(
-    redis_url: str, worker_id: str, slots: int = 1, prefix: str = PREFIX, metrics_port: int = 0
+    redis_url: str,
+    worker_id: str,
+    slots: int = 1,
+    prefix: str = PREFIX,
+    metrics_port: int = 0,
+    lease: float = 4.0,
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -65,6 +70,8 @@ def start_worker(
             "warning",
             "--metrics-port",
             str(metrics_port),
+            "--lease",
+            str(lease),
         ],
     )
 

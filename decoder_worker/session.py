@@ -1,0 +1,283 @@
+"""One claimed session on a worker: audio in, results out, replay points saved.
+
+:class:`SessionRun` moves audio from the session's stream into its decoder process and
+publishes what comes back. With every final it saves, atomically with the final
+itself, the :class:`~shared.sessions.ReplayPoint` — the start of the open segment —
+and trims the audio stream up to it. Whoever resumes the session (another worker after
+this one died, or this one after its decoder process died) restarts there: finals keep
+their numbers, nothing is lost or sent twice, and because every utterance decodes in a
+fresh fork of the same engine the replayed segment comes out exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from decoder_worker.recognizer import Final, Partial
+from decoder_worker.slots import Slot, SlotDied
+from shared import sessions
+from shared.keys import GROUP
+from shared.protocol import Status
+from shared.sessions import Claim, ReplayPoint
+from shared.wire import (
+    Abort,
+    AudioChunk,
+    Claimed,
+    Done,
+    EndOfStream,
+    Event,
+    Failed,
+    FinalResult,
+    PartialResult,
+    SessionRequest,
+    final_fields,
+    parse_audio_entry,
+    serialize_event,
+)
+
+if TYPE_CHECKING:
+    from decoder_worker.worker import Worker
+
+log = logging.getLogger(__name__)
+#: A session whose audio stream stays silent this long (its gateway vanished) ends.
+AUDIO_TIMEOUT_S = 60.0
+#: Decoder processes a session may lose before it fails instead of resuming again.
+MAX_RESTARTS = 2
+#: Idle time given to a released session's entry, so other workers claim it at once.
+_RELEASED_IDLE_MS = 24 * 3600 * 1000
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
+        return f"[{self.extra['sid']}] {msg}", kwargs  # type: ignore[index]
+
+
+class LeaseLost(Exception):
+    """Another worker took the session over: stop without a word to anyone."""
+
+
+class SessionFailed(Exception):
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Fed:
+    """An audio entry handed to the decoder: its id and its first sample's index."""
+
+    entry_id: str
+    start: int
+
+
+class SessionRun:
+    def __init__(
+        self, worker: Worker, request: SessionRequest, entry_id: bytes, claim: Claim, slot: Slot
+    ) -> None:
+        self.w = worker
+        self.sid = request.sid
+        self.entry_id = entry_id
+        self.claim = claim
+        self.slot = slot
+        self.lost = asyncio.Event()  # set by the worker's lease renewal
+        self.log = SessionLog(log, {"sid": self.sid})
+        self.keys = worker.keys
+        self.redis = worker.redis
+
+    async def _publish(self, event: Event) -> None:
+        await self.redis.publish(self.keys.events(self.sid), serialize_event(event))
+
+    async def _replay_point(self) -> ReplayPoint:
+        return ReplayPoint.read(await self.redis.hgetall(self.keys.meta(self.sid)))
+
+    # --- the whole session -----------------------------------------------------------
+
+    async def run(self) -> None:
+        point = ReplayPoint() if self.claim is Claim.NEW else await self._replay_point()
+        if self.claim is Claim.RESUME:
+            self.w.metrics.sessions_reclaimed_total.inc()
+            self.log.info(
+                "taken over: resuming at segment %d, sample %d", point.segment, point.sample
+            )
+        else:
+            self.log.info("claimed (decoder pid %d)", self.slot.pid)
+        cpu = seconds = 0.0
+        last: Event
+        restarts = 0
+        try:
+            while True:
+                try:
+                    last, seconds = await self._decode(point)
+                    break
+                except SlotDied as exc:
+                    self.w.metrics.decoder_restarts_total.inc()
+                    restarts += 1
+                    cpu += await self.w.pool.reap(self.slot)
+                    if restarts > MAX_RESTARTS:
+                        self.log.error("decoder process died %d times: %s", restarts, exc)
+                        last = Failed(int(Status.ABORTED), "Decoder process failed")
+                        break
+                    self.log.warning("decoder process died (%s); resuming", exc)
+                    point = await self._replay_point()
+                    self.slot = await self.w.pool.spawn()
+                except SessionFailed as exc:
+                    self.log.warning("session failed: %s", exc)
+                    last = Failed(int(exc.status), str(exc))
+                    break
+        except LeaseLost:
+            self.log.warning("lease lost: another worker carries on with this session")
+            return
+        except asyncio.CancelledError:
+            # Drain ran out: hand the session to another worker right away.
+            with suppress(Exception):
+                await sessions.renew(self.redis, self.keys, self.sid, self.w.id, lease=0)
+                await self.redis.xclaim(
+                    self.w.stream,
+                    GROUP,
+                    self.w.id,
+                    0,
+                    [self.entry_id],
+                    idle=_RELEASED_IDLE_MS,
+                    justid=True,
+                )
+            self.log.info("released to another worker")
+            raise
+        finally:
+            cpu += await self.w.pool.retire(self.slot)
+            self.w.session_finished()
+        await self._finish(last, seconds, cpu)
+
+    async def _finish(self, last: Event, seconds: float, cpu: float) -> None:
+        """Free the slot in Redis before the client hears the end: a client that
+        reconnects at once must find the capacity it just released."""
+        state = sessions.State.DONE if isinstance(last, Done) else sessions.State.FAILED
+        self.w.metrics.sessions_total.labels(state.value).inc()
+        if seconds > 0:
+            self.w.metrics.decode_rtf.observe(cpu / seconds)
+        self.log.info(
+            "session %s: %.1f s audio, decoder CPU %.2f s (real-time factor %.2f)",
+            state.value,
+            seconds,
+            cpu,
+            cpu / seconds if seconds else 0.0,
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.meta(self.sid), "decoder_cpu", round(cpu, 3))
+        pipe.xack(self.w.stream, GROUP, self.entry_id)
+        pipe.hincrby(self.keys.stats, "requests_processed", 1)
+        await pipe.execute()
+        await sessions.retire(self.redis, self.keys, self.sid, state)
+        await self.w.heartbeat_once()
+        await self._publish(last)
+
+    # --- one pass of decoding, from a replay point -----------------------------------
+
+    async def _decode(self, point: ReplayPoint) -> tuple[Event, float]:
+        await self._publish(Claimed(worker=self.w.id))
+        await self.slot.send("start", point.segment, point.sample, self.w.settings.partial_interval)
+        fed: deque[_Fed] = deque()
+        feeder = asyncio.create_task(self._feed(point, fed))
+        collector = asyncio.create_task(self._collect(point, fed))
+        lost = asyncio.create_task(self.lost.wait())
+        try:
+            pending = {feeder, collector, lost}
+            while collector in pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if lost in done:
+                    raise LeaseLost
+                if feeder in done and feeder.exception() is not None:
+                    raise feeder.exception()  # type: ignore[misc]
+            next_segment, samples = collector.result()
+            ending = await feeder
+        finally:
+            for task in (feeder, collector, lost):
+                task.cancel()
+            await asyncio.gather(feeder, collector, lost, return_exceptions=True)
+        seconds = samples / self.w.sample_rate
+        if ending == "eos":
+            return Done(segments=next_segment, total=seconds), seconds
+        return Failed(int(Status.ABORTED), f"Session ended: {ending}"), seconds
+
+    async def _feed(self, point: ReplayPoint, fed: deque[_Fed]) -> str:
+        """Audio stream -> decoder process, from the replay point. Returns how it ended."""
+        last: str = point.after
+        skip = (point.sample - point.base) * 2  # bytes before the restart sample
+        position = point.base
+        while True:
+            reply = await self.redis.xread(
+                {self.keys.audio(self.sid): last}, count=64, block=int(AUDIO_TIMEOUT_S * 1000)
+            )
+            if not reply:
+                await self.slot.send("abort")
+                return "audio timeout"
+            for _stream, entries in reply:
+                for raw_id, fields in entries:
+                    last = raw_id.decode()
+                    entry = parse_audio_entry(fields)
+                    if isinstance(entry, AudioChunk):
+                        pcm = entry.pcm
+                        fed.append(_Fed(last, position))
+                        position += len(pcm) // 2
+                        if skip:
+                            cut = min(skip, len(pcm))
+                            pcm, skip = pcm[cut:], skip - cut
+                        if pcm:
+                            await self.slot.send("audio", pcm)
+                    elif isinstance(entry, EndOfStream):
+                        await self.slot.send("end")
+                        return "eos"
+                    elif isinstance(entry, Abort):
+                        await self.slot.send("abort")
+                        return f"aborted: {entry.reason}"
+
+    async def _collect(self, point: ReplayPoint, fed: deque[_Fed]) -> tuple[int, int]:
+        """Decoder process -> pub/sub and the results stream, until the session ends."""
+        while True:
+            msg = await self.slot.recv()
+            if msg[0] == "events":
+                finals = []
+                for event in msg[1]:
+                    if isinstance(event, Partial):
+                        await self._publish(PartialResult(event.segment, event.text))
+                    elif isinstance(event, Final):
+                        finals.append(
+                            FinalResult(
+                                segment=event.segment,
+                                text=event.text,
+                                likelihood=event.likelihood,
+                                start=event.start,
+                                length=event.length,
+                                total=event.total,
+                            )
+                        )
+                if finals:
+                    point = await self._save(finals, point, fed, msg[2])
+            elif msg[0] == "ended":
+                return point.segment, int(msg[1])
+            elif msg[0] == "error":
+                raise SessionFailed(Status.ABORTED, f"Decoding failed: {msg[1]}")
+
+    async def _save(
+        self, finals: list[FinalResult], old: ReplayPoint, fed: deque[_Fed], sample: int
+    ) -> ReplayPoint:
+        """Store the finals with the new replay point in one transaction, trim the audio
+        before it, then publish them."""
+        while len(fed) > 1 and fed[1].start <= sample:
+            after = fed.popleft().entry_id
+            old = ReplayPoint(old.segment, after, fed[0].start, old.sample)
+        point = ReplayPoint(finals[-1].segment + 1, old.after, old.base, max(sample, old.base))
+        pipe = self.redis.pipeline(transaction=True)  # all keys in the session's hash slot
+        for final in finals:
+            pipe.xadd(self.keys.results(self.sid), final_fields(final))
+        pipe.hset(self.keys.meta(self.sid), mapping=point.fields())
+        if fed:
+            pipe.xtrim(self.keys.audio(self.sid), minid=fed[0].entry_id)
+        await pipe.execute()
+        for final in finals:
+            await self._publish(final)
+        return point
