@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox
+APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox curl nodejs npm
 STAMP := $(VENV)/.installed
 
 .PHONY: setup up test lint bench bench-smoke clean
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@scripts/deploy-tools $(VENV)
 	@touch $(STAMP)
 
 up: setup

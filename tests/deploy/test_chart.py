@@ -1,0 +1,118 @@
+"""The Helm chart: lint, every values scenario rendered and schema-validated, `fail`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import (
+    CHART,
+    KUBERNETES_VERSION,
+    REPO,
+    run,
+    tool,
+    validate_builtin,
+    validate_keda,
+)
+
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+INVALID = Path(__file__).with_name("invalid")
+
+
+def test_lint_strict() -> None:
+    out = run(tool("helm"), "lint", "--strict", str(CHART)).stdout
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.stem if v else "default")
+def test_scenario_renders_valid_objects(helm_template, values: Path | None) -> None:  # type: ignore[no-untyped-def]
+    docs = helm_template(*([values] if values else []))
+    validate_builtin(docs, f"{values} (Kubernetes {KUBERNETES_VERSION})")
+    validate_keda(docs)
+    kinds = {d["kind"] for d in docs}
+    mode = "keda"
+    if values and "hpa" in values.name:
+        mode = "hpa"
+    if values and "none" in values.name:
+        mode = "none"
+    assert ("ScaledObject" in kinds) == (mode == "keda")
+    for doc in docs:
+        if doc["kind"] in {"Deployment", "StatefulSet"}:
+            _check_pod_security(doc)
+        if doc["kind"] == "ServiceMonitor":
+            assert doc["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def _check_pod_security(doc: dict) -> None:  # type: ignore[type-arg]
+    pod = doc["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
+        assert "limits" in c["resources"] and "requests" in c["resources"]
+
+
+def test_two_models_get_a_decoder_and_scaler_each(helm_template) -> None:  # type: ignore[no-untyped-def]
+    docs = helm_template(CHART / "ci" / "two-models-values.yaml")
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for model in ("ko", "ko-small"):
+        assert ("Deployment", f"ksc-decoder-{model}") in names
+        assert ("ScaledObject", f"ksc-decoder-{model}") in names
+    streams = {
+        t["metadata"]["stream"]
+        for d in docs
+        if d["kind"] == "ScaledObject"
+        for t in d["spec"]["triggers"]
+    }
+    assert streams == {"ksc:sessions:ko", "ksc:sessions:ko-small"}
+
+
+def test_grace_period_exceeds_drain_timeout(helm_template) -> None:  # type: ignore[no-untyped-def]
+    for doc in helm_template():
+        if doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert pod["terminationGracePeriodSeconds"] > float(env["KSC_DRAIN_TIMEOUT"])
+
+
+def test_image_tag_defaults_to_app_version(helm_template) -> None:  # type: ignore[no-untyped-def]
+    images = {
+        c["image"]
+        for d in helm_template()
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {
+        "ghcr.io/kaldi-stream-cluster/ksc-gateway:0.1.0",
+        "ghcr.io/kaldi-stream-cluster/ksc-worker:0.1.0",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ("bad-autoscaling-mode.yaml", "autoscaling"),  # caught by values.schema.json
+        ("zero-without-wait.yaml", "needs gateway.admissionWait > 0"),
+        ("sentinel-without-addresses.yaml", "redis.mode=sentinel needs redis.sentinel.addresses"),
+        ("hpa-zero.yaml", "replicas=0 needs autoscaling.mode=keda"),
+    ],
+)
+def test_invalid_values_fail_with_a_message(values: str, message: str) -> None:
+    proc = run(
+        tool("helm"), "template", "ksc", str(CHART), "-f", str(INVALID / values), check=False
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_readme_parameter_table_is_current() -> None:
+    proc = run(
+        str(tool("python")), str(REPO / "scripts" / "helm-docs"), "--check", str(CHART), check=False
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,201 @@
+"""KEDA objects: CRD validation, trigger metadata keys, and the scaling rule on real Redis."""
+
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import CHART, validate_keda
+
+# Metadata keys KEDA's redis-streams scalers read (keda.sh docs, redis_streams_scaler.go).
+_CONNECTION = {"usernameFromEnv", "passwordFromEnv", "enableTLS", "unsafeSsl", "databaseIndex"}
+ALLOWED = {
+    "redis-streams": _CONNECTION
+    | {
+        "address",
+        "addressFromEnv",
+        "host",
+        "hostFromEnv",
+        "port",
+        "portFromEnv",
+        "stream",
+        "consumerGroup",
+        "pendingEntriesCount",
+        "streamLength",
+        "lagCount",
+        "activationLagCount",
+    },
+    "redis-sentinel-streams": _CONNECTION
+    | {
+        "addresses",
+        "addressesFromEnv",
+        "hosts",
+        "ports",
+        "sentinelUsernameFromEnv",
+        "sentinelPasswordFromEnv",
+        "sentinelMaster",
+        "sentinelMasterFromEnv",
+        "stream",
+        "consumerGroup",
+        "pendingEntriesCount",
+        "streamLength",
+        "lagCount",
+        "activationLagCount",
+    },
+    "redis-cluster-streams": _CONNECTION
+    | {
+        "addresses",
+        "addressesFromEnv",
+        "hosts",
+        "ports",
+        "stream",
+        "consumerGroup",
+        "pendingEntriesCount",
+        "streamLength",
+        "lagCount",
+        "activationLagCount",
+    },
+}
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def scaled_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "ScaledObject"]
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.stem if v else "default")
+def test_trigger_metadata_keys_are_known(helm_template, values) -> None:  # type: ignore[no-untyped-def]
+    docs = helm_template(*([values] if values else []))
+    for so in scaled_objects(docs):
+        for trigger in so["spec"]["triggers"]:
+            unknown = set(trigger["metadata"]) - ALLOWED[trigger["type"]]
+            assert not unknown, f"{so['metadata']['name']}: unknown metadata {unknown}"
+            assert all(isinstance(v, str) for v in trigger["metadata"].values())
+            assert trigger["metadata"]["consumerGroup"] == "decoders"
+        names = {t["name"] for t in so["spec"]["triggers"]}
+        formula = so["spec"]["advanced"]["scalingModifiers"]["formula"]
+        assert _names_in(formula) <= names
+
+
+def test_keda_validator_rejects_a_broken_scaled_object(helm_template) -> None:  # type: ignore[no-untyped-def]
+    (so,) = scaled_objects(helm_template())
+    broken = {**so, "spec": {**so["spec"], "minReplicaCount": "one"}}
+    with pytest.raises(AssertionError, match="minReplicaCount"):
+        validate_keda([broken])
+
+
+def _names_in(formula: str) -> set[str]:
+    return {n.id for n in ast.walk(ast.parse(formula, mode="eval")) if isinstance(n, ast.Name)}
+
+
+def _evaluate(formula: str, values: dict[str, int]) -> float:
+    """KEDA's formula language (expr) restricted to names, numbers, + - * /."""
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Name):
+            return values[node.id]
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.BinOp):
+            ops = {
+                ast.Add: float.__add__,
+                ast.Sub: float.__sub__,
+                ast.Mult: float.__mul__,
+                ast.Div: float.__truediv__,
+            }
+            return ops[type(node.op)](float(ev(node.left)), float(ev(node.right)))
+        raise AssertionError(f"unsupported formula element {ast.dump(node)}")
+
+    return ev(ast.parse(formula, mode="eval"))
+
+
+async def keda_lag(redis, stream: str, group: str) -> int:  # type: ignore[no-untyped-def]
+    """redis_streams_scaler.go, lag mode: XINFO GROUPS lag; no stream 0; no group XLEN."""
+    if not await redis.exists(stream):
+        return 0
+    for info in await redis.xinfo_groups(stream):
+        if info["name"].decode() == group:
+            return int(info["lag"])
+    return int(await redis.xlen(stream))
+
+
+async def keda_pending(redis, stream: str, group: str) -> int:  # type: ignore[no-untyped-def]
+    """redis_streams_scaler.go, pending mode: XPENDING's count."""
+    return int((await redis.xpending(stream, group))["pending"])
+
+
+def keda_replicas(so: dict[str, Any], metrics: dict[str, int], current: int) -> int:
+    """What KEDA + the HPA make of the metrics (AverageValue target, HPA tolerance 10%)."""
+    spec = so["spec"]
+    mod = spec["advanced"]["scalingModifiers"]
+    value = _evaluate(mod["formula"], metrics)
+    lo, hi = spec["minReplicaCount"], spec["maxReplicaCount"]
+    if value <= float(mod["activationTarget"]):
+        return lo  # not active: KEDA scales to minReplicaCount (zero if that is 0)
+    if current == 0:
+        current = 1  # KEDA activates to one replica, then the HPA takes over
+    ratio = value / (float(mod["target"]) * current)
+    desired = current if abs(ratio - 1.0) <= 0.1 else math.ceil(value / float(mod["target"]))
+    return max(max(lo, 1), min(hi, desired))
+
+
+def documented_rule(waiting: int, decoding: int, per_pod: int, lo: int, hi: int) -> int:
+    """The rule in the chart README and docs/deploy.md."""
+    if waiting + decoding <= 0:
+        return lo
+    return max(max(lo, 1), min(hi, math.ceil((waiting + decoding) / per_pod)))
+
+
+@pytest.mark.parametrize(
+    ("values", "waiting", "decoding"),
+    [
+        (None, 0, 0),
+        (None, 0, 4),
+        (None, 5, 12),
+        (None, 40, 8),
+        ("keda-zero-values.yaml", 0, 0),
+        ("keda-zero-values.yaml", 1, 0),
+        ("keda-zero-values.yaml", 7, 3),
+    ],
+)
+async def test_scaling_from_live_redis_matches_the_documented_rule(
+    redis,
+    helm_template,
+    values,
+    waiting: int,
+    decoding: int,  # type: ignore[no-untyped-def]
+) -> None:
+    (so,) = scaled_objects(helm_template(*([CHART / "ci" / values] if values else [])))
+    triggers = {t["name"]: t["metadata"] for t in so["spec"]["triggers"]}
+    stream, group = triggers["waiting"]["stream"], triggers["waiting"]["consumerGroup"]
+    assert "lagCount" in triggers["waiting"] and "pendingEntriesCount" in triggers["decoding"]
+
+    await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    for i in range(waiting + decoding):
+        await redis.xadd(stream, {"sid": f"s{i}", "model": "ko", "created": "0"})
+    if decoding:  # workers with free slots read (claim) the oldest entries
+        await redis.xreadgroup(group, "worker-a", {stream: ">"}, count=decoding)
+
+    metrics = {
+        "waiting": await keda_lag(redis, stream, group),
+        "decoding": await keda_pending(redis, stream, group),
+    }
+    assert metrics == {"waiting": waiting, "decoding": decoding}
+    per_pod = int(so["spec"]["advanced"]["scalingModifiers"]["target"])
+    lo, hi = so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]
+    expected = documented_rule(waiting, decoding, per_pod, lo, hi)
+    assert keda_replicas(so, metrics, current=0) == expected
+    if waiting + decoding == 0:
+        assert expected == lo
+
+
+async def test_lag_of_a_missing_group_is_the_stream_length(redis) -> None:  # type: ignore[no-untyped-def]
+    await redis.xadd("ksc:sessions:ko", {"sid": "a"})
+    await redis.xadd("ksc:sessions:ko", {"sid": "b"})
+    assert await keda_lag(redis, "ksc:sessions:ko", "decoders") == 2
+    assert await keda_lag(redis, "ksc:sessions:none", "decoders") == 0
