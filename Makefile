@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox curl nodejs npm
+APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox curl
 STAMP := $(VENV)/.installed
 
 .PHONY: setup up test lint bench bench-smoke clean
@@ -14,6 +14,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@scripts/install-system-packages $(APT_PACKAGES)
+	@# Node.js for the KEDA schema validators; some images ship NodeSource's, which
+	@# bundles npm and conflicts with Debian's npm package.
+	@command -v npm >/dev/null || scripts/install-system-packages nodejs npm
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
