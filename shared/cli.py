@@ -142,20 +142,9 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from shared.client import transcribe_file
+    from shared import transcribe
 
-    status = 0
-    for name in args.files:
-        result = transcribe_file(args.url, Path(name), realtime=args.realtime)
-        if result.status:
-            print(
-                f"{name}: status {result.status}: {result.messages[-1].get('message', '')}",
-                file=sys.stderr,
-            )
-            status = 1
-        else:
-            print(result.text)
-    return status
+    return transcribe.run(args.files, args.url, args.format, args.output, args.realtime)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -224,7 +213,16 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="transcribe audio files through a gateway")
     p.add_argument("files", nargs="+")
     p.add_argument("--url", default="ws://127.0.0.1:8888", help="gateway base URL")
-    p.add_argument("--realtime", action="store_true", help="pace the upload in real time")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="pace the upload in real time")
+    pace.add_argument(
+        "--fast",
+        action="store_false",
+        dest="realtime",
+        help="send as fast as the server takes it (default)",
+    )
+    p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
+    p.add_argument("-o", "--output", help="output file (one input) or directory; default stdout")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("check", help="health probe: exit 0 when healthy")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,13 @@ async def stream(
     byterate: int = 32000,
     realtime: bool = True,
     eos: bool = True,
+    on_sent: Callable[[int], None] | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> Transcript:
-    """Send ``data`` to a speech websocket URL; return what the server said."""
+    """Send ``data`` to a speech websocket URL; return what the server said.
+
+    ``on_sent(n)`` is told of every block sent, ``on_message`` of every message.
+    """
     result = Transcript()
     block = max(1, byterate // 4)
     async with websockets.connect(url, max_size=None) as ws:
@@ -58,6 +64,8 @@ async def stream(
         async def send() -> None:
             for start in range(0, len(data), block):
                 await ws.send(data[start : start + block])
+                if on_sent is not None:
+                    on_sent(len(data[start : start + block]))
                 if realtime:
                     await asyncio.sleep(0.25)
             if eos:
@@ -66,7 +74,10 @@ async def stream(
         sender = asyncio.create_task(send())
         try:
             async for raw in ws:
-                result.messages.append(json.loads(raw))
+                message = json.loads(raw)
+                result.messages.append(message)
+                if on_message is not None:
+                    on_message(message)
         finally:
             sender.cancel()
             try:

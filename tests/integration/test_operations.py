@@ -140,3 +140,27 @@ async def test_drain_timeout_closes_with_service_restart(running: Cluster, espea
         while True:
             await ws.recv()
     assert ws.close_code == 1012
+
+
+async def test_ksc_transcribe_writes_subtitles(running: Cluster, espeak_wav, tmp_path) -> None:
+    wav = espeak_wav(SENTENCE)
+    out = tmp_path / "out.srt"
+    done = await asyncio.to_thread(
+        ksc, "transcribe", "--url", running.ws, "--format", "srt", "-o", str(out), str(wav)
+    )
+    assert done.returncode == 0, done.stderr
+    cues = out.read_text(encoding="utf-8").strip().split("\n\n")
+    assert cues and cues[0].startswith("1\n00:00:")
+    assert " --> " in cues[0].splitlines()[1] and cues[0].splitlines()[2]
+
+
+async def test_ksc_transcribe_exit_codes(running: Cluster, tmp_path) -> None:
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"this is not audio at all" * 100)
+    bad = await asyncio.to_thread(ksc, "transcribe", "--url", running.ws, str(garbage))
+    assert bad.returncode == 1 and "status 5" in bad.stderr
+    missing = await asyncio.to_thread(ksc, "transcribe", "--url", running.ws, "/nonexistent.wav")
+    assert missing.returncode == 4
+    nowhere = f"ws://127.0.0.1:{free_port()}"
+    gone = await asyncio.to_thread(ksc, "transcribe", "--url", nowhere, str(garbage))
+    assert gone.returncode == 3 and "cannot reach" in gone.stderr

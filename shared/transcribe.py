@@ -1,0 +1,150 @@
+"""``ksc transcribe``: stream files through a gateway, write transcripts or subtitles.
+
+Output formats: ``text`` (one line per file), ``json`` (segments with times, and the
+text), ``srt`` and ``vtt`` (one cue per final, timed by its ``segment-start`` and
+``segment-length``). On a terminal a progress bar shows the upload, elapsed time and
+the real-time factor so far (audio seconds transcribed per wall-clock second).
+
+Exit codes: 0 all files transcribed; 1 the server ended a session with an error
+status; 3 the server could not be reached; 4 a file could not be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import websockets
+from tqdm import tqdm
+
+from shared.client import Transcript, speech_url, stream
+
+EXIT_OK, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_BAD_FILE = 0, 1, 3, 4
+FORMATS = ("text", "json", "srt", "vtt")
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    start: float
+    end: float
+    text: str
+
+
+def segments(result: Transcript) -> list[Segment]:
+    return [
+        Segment(
+            index=m["segment"],
+            start=float(m.get("segment-start", 0.0)),
+            end=float(m.get("segment-start", 0.0)) + float(m.get("segment-length", 0.0)),
+            text=m["result"]["hypotheses"][0]["transcript"],
+        )
+        for m in result.finals
+    ]
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def render(result: Transcript, fmt: str, name: str = "") -> str:
+    segs = segments(result)
+    if fmt == "text":
+        return result.text + "\n"
+    if fmt == "json":
+        doc: dict[str, Any] = {
+            "file": name,
+            "text": result.text,
+            "segments": [s.__dict__ for s in segs],
+        }
+        return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+    if fmt == "srt":
+        return "".join(
+            f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n\n"
+            for i, s in enumerate(segs, 1)
+        )
+    if fmt == "vtt":
+        cues = "".join(
+            f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n\n" for s in segs
+        )
+        return "WEBVTT\n\n" + cues
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _transcribe_one(url: str, data: bytes, name: str, realtime: bool, err: TextIO) -> Transcript:
+    bar = tqdm(
+        total=len(data),
+        unit="B",
+        unit_scale=True,
+        desc=name[-30:],
+        file=err,
+        disable=not err.isatty(),
+        leave=False,
+    )
+    started = time.monotonic()
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("result", {}).get("final"):
+            audio = float(message.get("total-length", 0.0))
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.set_postfix_str(f"audio {audio:.1f} s, {audio / elapsed:.1f}x real time")
+
+    try:
+        return asyncio.run(
+            stream(
+                speech_url(url), data, realtime=realtime, on_sent=bar.update, on_message=on_message
+            )
+        )
+    finally:
+        bar.close()
+
+
+def run(files: list[str], url: str, fmt: str, out: str | None, realtime: bool) -> int:
+    """Transcribe ``files`` in order; returns the exit code."""
+    err = sys.stderr
+    code = EXIT_OK
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror}", file=err)
+            code = max(code, EXIT_BAD_FILE)
+            continue
+        try:
+            result = _transcribe_one(url, data, name, realtime, err)
+        except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            print(f"{url}: cannot reach the server: {exc}", file=err)
+            return EXIT_UNREACHABLE
+        if result.status:
+            failure = next(m for m in reversed(result.messages) if m.get("status"))
+            print(f"{name}: status {failure['status']}: {failure.get('message', '')}", file=err)
+            code = max(code, EXIT_SERVER)
+            continue
+        text = render(result, fmt, name)
+        target = _output(out, name, fmt, many=len(files) > 1)
+        if target is None:
+            sys.stdout.write(text)
+        else:
+            target.write_text(text, encoding="utf-8")
+            print(f"{name} -> {target}", file=err)
+    return code
+
+
+def _output(out: str | None, name: str, fmt: str, *, many: bool) -> Path | None:
+    """``-o FILE`` for one input, ``-o DIR`` for several (one file each), else stdout."""
+    if out is None or out == "-":
+        return None
+    target = Path(out)
+    if many or target.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return target / (Path(name).stem + "." + ("txt" if fmt == "text" else fmt))
+    return target
