@@ -2,8 +2,10 @@
 
 Starts a private ``redis-server`` (unless given a URL), one gateway and N decoder
 workers as child processes, waits until they are ready, transcribes the bundled
-sample through the gateway, and then supervises: a child that exits is started again.
-Ctrl-C or SIGTERM stops every process it started, Redis last.
+sample through the gateway, and then supervises: a child that exits is started again,
+and one that stops answering its ``/healthz`` (three checks in a row, 2 s apart, once it
+has answered at all) counts as hung and is killed and started again. Ctrl-C or SIGTERM
+stops every process it started, Redis last.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from shared.config import UpSettings
 log = logging.getLogger(__name__)
 SAMPLE = "ko-sample.wav"
 _STOP_GRACE_S = 20.0
+_HEALTH_TIMEOUT_S = 2.0
+_HEALTH_INTERVAL_S = 2.0
+#: Silent health checks in a row after which a live worker counts as hung.
+_HUNG_AFTER = 3
 
 
 def free_port() -> int:
@@ -38,16 +44,42 @@ def free_port() -> int:
 
 @dataclass
 class Child:
+    """A supervised process; ``health`` is an URL that answers while it is not hung."""
+
     name: str
     argv: list[str]
+    health: str = ""
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    answered: bool = False  # it has answered once: only then do silences count
+    silent: int = 0  # health checks in a row without an answer
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv)
+        self.answered, self.silent = False, 0
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def hung(self) -> bool:
+        """Poll the health URL; True after ``_HUNG_AFTER`` silent checks in a row."""
+        if not self.health:
+            return False
+        try:
+            with urllib.request.urlopen(self.health, timeout=_HEALTH_TIMEOUT_S):
+                self.answered, self.silent = True, 0
+        except OSError:
+            if self.answered:
+                self.silent += 1
+        return self.silent >= _HUNG_AFTER
+
+    def restart(self, why: str) -> None:
+        log.warning("%s %s; restarting it", self.name, why)
+        if self.alive() and self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.restarts += 1
+        self.start()
 
 
 @dataclass
@@ -111,6 +143,11 @@ class LocalRedis:
                 self.proc.wait()
 
 
+def _local(host: str) -> str:
+    """An address to reach a server listening on ``host`` from this machine."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
 def _ksc(*args: str) -> list[str]:
     return [sys.executable, "-m", "shared.cli", *args]
 
@@ -147,6 +184,7 @@ def run(settings: UpSettings) -> int:
         Child(
             "gateway",
             _ksc("gateway", *common, "--host", settings.host, "--port", str(settings.port)),
+            health=f"http://{_local(settings.host)}:{settings.port}/healthz",
         ),
         *(
             Child(
@@ -163,6 +201,7 @@ def run(settings: UpSettings) -> int:
                     "--metrics-port",
                     str(port),
                 ),
+                health=f"http://127.0.0.1:{port}/healthz",
             )
             for i, port in enumerate(metrics_ports)
         ),
@@ -178,7 +217,7 @@ def run(settings: UpSettings) -> int:
     try:
         for child in children:
             child.start()
-        host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        host = _local(settings.host)
         http = f"http://{host}:{settings.port}"
         while not stopping and not _ready(http, settings.workers * settings.slots):
             if not all(c.alive() for c in children):
@@ -197,13 +236,19 @@ def run(settings: UpSettings) -> int:
         if settings.sample:
             _transcribe_sample(http)
         print("serving; Ctrl-C stops the cluster", flush=True)
+        next_health = 0.0
         while not stopping:
+            check = time.monotonic() >= next_health
             for child in children:
-                if not child.alive() and not stopping:
+                if stopping:
+                    break
+                if not child.alive():
                     code = child.proc.returncode if child.proc else None
-                    log.warning("%s exited (%s); restarting", child.name, code)
-                    child.restarts += 1
-                    child.start()
+                    child.restart(f"exited ({code})")
+                elif check and child.hung():
+                    child.restart("stopped answering its health checks (hung)")
+            if check:
+                next_health = time.monotonic() + _HEALTH_INTERVAL_S
             time.sleep(0.5)
         return 0
     finally:
