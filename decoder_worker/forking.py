@@ -21,7 +21,7 @@ import pickle
 import signal
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -66,6 +66,30 @@ def become_child(keep: socket.socket, close: Sequence[int] = ()) -> None:
                 os.close(fd)
 
 
+def fork_process(
+    target: Callable[[socket.socket], None], close: Sequence[int] = ()
+) -> tuple[int, socket.socket]:
+    """Fork a child that runs ``target`` on its end of a socket pair, then exits.
+
+    Returns the child's pid and the parent's end. The child exits with 1 if ``target``
+    raised, 0 otherwise; it never returns into the parent's code.
+    """
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            parent.close()
+            become_child(child, close)
+            target(child)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    child.close()
+    return pid, parent
+
+
 def _utterance_main(sock: socket.socket, engine: Engine) -> None:
     while True:
         kind, *args = recv_frame(sock)
@@ -95,21 +119,8 @@ class ForkingEngine:
         self._pid = 0
 
     def _start(self) -> socket.socket:
-        parent, child = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                parent.close()
-                become_child(child)
-                _utterance_main(child, self._template)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        child.close()
-        self._sock, self._pid = parent, pid
-        return parent
+        self._pid, self._sock = fork_process(lambda sock: _utterance_main(sock, self._template))
+        return self._sock
 
     def accept(self, pcm: bytes) -> None:
         if not pcm:

@@ -7,6 +7,13 @@ and trims the audio stream up to it. Whoever resumes the session (another worker
 this one died, or this one after its decoder process died) restarts there: finals keep
 their numbers, nothing is lost or sent twice, and because every utterance decodes in a
 fresh fork of the same engine the replayed segment comes out exactly as it would have.
+
+Redis faults: the client retries a failed command for about ten seconds
+(:mod:`shared.redis_client`), which covers a restart or a quick Sentinel failover
+without the session noticing. A longer outage gives the session up without acking
+it: its decoder stops, its lease is released if Redis answers, and once Redis is back
+a claim loop (this worker's or another's) resumes it from its replay point. A session
+whose record is gone (Redis restarted without its data) ends with status 2.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from redis import exceptions as rx
 
 from decoder_worker.recognizer import Final, Partial
 from decoder_worker.slots import Slot, SlotDied
@@ -50,6 +59,8 @@ AUDIO_TIMEOUT_S = 60.0
 MAX_RESTARTS = 2
 #: Idle time given to a released session's entry, so other workers claim it at once.
 _RELEASED_IDLE_MS = 24 * 3600 * 1000
+#: How long releasing a session may take when Redis is failing anyway.
+_RELEASE_TIMEOUT_S = 2.0
 
 
 class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -130,27 +141,50 @@ class SessionRun:
                     last = Failed(int(exc.status), str(exc))
                     break
         except LeaseLost:
-            self.log.warning("lease lost: another worker carries on with this session")
+            if not await self._record_lost():
+                self.log.warning("lease lost: another worker carries on with this session")
+                return
+            self.log.warning("session record gone: Redis lost its data")
+            last = Failed(int(Status.ABORTED), sessions.DATA_LOST)
+        except (rx.ConnectionError, rx.TimeoutError) as exc:
+            # The client's own retries ran out: Redis has been away for a while. Stop
+            # decoding without acking; once Redis is back the session resumes from its
+            # replay point (here or on another worker).
+            self.log.warning("Redis unreachable (%s): giving the session up for a resume", exc)
+            with suppress(Exception):  # includes asyncio's timeout
+                async with asyncio.timeout(_RELEASE_TIMEOUT_S):
+                    await self._release()
             return
         except asyncio.CancelledError:
             # Drain ran out: hand the session to another worker right away.
             with suppress(Exception):
-                await sessions.renew(self.redis, self.keys, self.sid, self.w.id, lease=0)
-                await self.redis.xclaim(
-                    self.w.stream,
-                    GROUP,
-                    self.w.id,
-                    0,
-                    [self.entry_id],
-                    idle=_RELEASED_IDLE_MS,
-                    justid=True,
-                )
+                await self._release()
             self.log.info("released to another worker")
             raise
         finally:
             cpu += await self.w.pool.retire(self.slot)
             self.w.session_finished()
         await self._finish(last, seconds, cpu)
+
+    async def _release(self) -> None:
+        """Give the lease up and make the entry claimable by any worker at once."""
+        await sessions.renew(self.redis, self.keys, self.sid, self.w.id, lease=0)
+        await self.redis.xclaim(
+            self.w.stream,
+            GROUP,
+            self.w.id,
+            0,
+            [self.entry_id],
+            idle=_RELEASED_IDLE_MS,
+            justid=True,
+        )
+
+    async def _record_lost(self) -> bool:
+        """Our lease renewal failed: because the record is gone, not to another owner?"""
+        try:
+            return not await self.redis.hget(self.keys.meta(self.sid), "state")
+        except (rx.ConnectionError, rx.TimeoutError):
+            return False
 
     async def _finish(self, last: Event, seconds: float, cpu: float) -> None:
         """Free the slot in Redis before the client hears the end: a client that
@@ -166,12 +200,17 @@ class SessionRun:
             cpu,
             cpu / seconds if seconds else 0.0,
         )
+        if not await sessions.finish(self.redis, self.keys, self.sid, self.w.id, state, cpu):
+            self.log.warning("session taken over before it ended here: not announcing")
+            return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.meta(self.sid), "decoder_cpu", round(cpu, 3))
         pipe.xack(self.w.stream, GROUP, self.entry_id)
         pipe.hincrby(self.keys.stats, "requests_processed", 1)
-        await pipe.execute()
-        await sessions.retire(self.redis, self.keys, self.sid, state)
+        # An XACK after Redis lost the consumer group (NOGROUP) must not keep the
+        # client from hearing how the session ended.
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception):
+                self.log.warning("end bookkeeping: %s", reply)
         await self.w.heartbeat_once()
         await self._publish(last)
 
@@ -265,19 +304,23 @@ class SessionRun:
     async def _save(
         self, finals: list[FinalResult], old: ReplayPoint, fed: deque[_Fed], sample: int
     ) -> ReplayPoint:
-        """Store the finals with the new replay point in one transaction, trim the audio
-        before it, then publish them."""
+        """Store the finals with the new replay point and trim the audio before it, in
+        one fenced script (only while we own the session), then publish them."""
         while len(fed) > 1 and fed[1].start <= sample:
             after = fed.popleft().entry_id
             old = ReplayPoint(old.segment, after, fed[0].start, old.sample)
         point = ReplayPoint(finals[-1].segment + 1, old.after, old.base, max(sample, old.base))
-        pipe = self.redis.pipeline(transaction=True)  # all keys in the session's hash slot
-        for final in finals:
-            pipe.xadd(self.keys.results(self.sid), final_fields(final))
-        pipe.hset(self.keys.meta(self.sid), mapping=point.fields())
-        if fed:
-            pipe.xtrim(self.keys.audio(self.sid), minid=fed[0].entry_id)
-        await pipe.execute()
+        saved = await sessions.save_finals(
+            self.redis,
+            self.keys,
+            self.sid,
+            self.w.id,
+            [final_fields(final)["event"] for final in finals],
+            point,
+            fed[0].entry_id if fed else "",
+        )
+        if not saved:
+            raise LeaseLost
         for final in finals:
             await self._publish(final)
         return point

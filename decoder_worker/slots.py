@@ -29,7 +29,7 @@ from contextlib import suppress
 from typing import Any
 
 from decoder_worker.engine import Engine
-from decoder_worker.forking import HEADER, ForkingEngine, become_child, recv_frame, send_frame
+from decoder_worker.forking import HEADER, ForkingEngine, fork_process, recv_frame, send_frame
 from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Recognizer
 
@@ -153,28 +153,24 @@ class DecoderPool:
 
     async def spawn(self) -> Slot:
         """Fork a decoder process for a session, on a slot already reserved."""
-        parent_sock, child_sock = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                parent_sock.close()
-                become_child(child_sock, [slot.fileno for slot in self._live.values()])
-                _serve_one_session(child_sock, self._engine, self._rules)
-            except EOFError:
-                pass  # the worker went away or dropped the session
-            except BaseException as exc:
-                log.exception("decoder process failed")
-                with suppress(OSError):
-                    send_frame(child_sock, ("error", f"{type(exc).__name__}: {exc}"))
-                code = 1
-            finally:
-                os._exit(code)
-        child_sock.close()
+        siblings = [slot.fileno for slot in self._live.values()]
+        pid, parent_sock = fork_process(self._session_main, close=siblings)
         reader, writer = await asyncio.open_connection(sock=parent_sock)
         slot = Slot(pid, reader, writer)
         self._live[pid] = slot
         return slot
+
+    def _session_main(self, sock: socket.socket) -> None:
+        """The session process: decode one session, report a failure to the worker."""
+        try:
+            _serve_one_session(sock, self._engine, self._rules)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            pass  # the worker went away or dropped the session
+        except Exception as exc:
+            log.exception("decoder process failed")
+            with suppress(OSError):
+                send_frame(sock, ("error", f"{type(exc).__name__}: {exc}"))
+            raise
 
     async def reap(self, slot: Slot) -> float:
         """End a session process and return its CPU seconds; the slot stays reserved."""

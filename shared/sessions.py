@@ -23,6 +23,9 @@ from redis.asyncio import Redis
 from shared.keys import SESSION_TTL_S, Keys
 from shared.wire import SessionRequest
 
+#: How a session ends whose record vanished (Redis restarted without its data).
+DATA_LOST = "Session data lost: Redis restarted without it"
+
 
 class State(StrEnum):
     QUEUED = "queued"
@@ -176,3 +179,75 @@ async def retire(redis: Redis, keys: Keys, sid: str, state: State) -> None:
         pipe.expire(key, SESSION_TTL_S)
     pipe.zrem(keys.live, sid)
     await pipe.execute()
+
+
+# The owner's writes are fenced: they happen only while it still owns the session, so a
+# worker that was cut off and comes back cannot overwrite what its successor did.
+_SAVE_FINALS = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'decoding' then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local n = tonumber(ARGV[2])
+for i = 1, n do redis.call('XADD', KEYS[2], '*', 'event', ARGV[2 + i]) end
+local j = 3 + n
+redis.call('HSET', KEYS[1], 'next_segment', ARGV[j], 'replay_after', ARGV[j + 1],
+           'replay_base', ARGV[j + 2], 'replay_sample', ARGV[j + 3])
+if ARGV[j + 4] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[j + 4]) end
+return 1
+"""
+
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'decoding' then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'ended', ARGV[3], 'decoder_cpu', ARGV[4])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return 1
+"""
+
+
+async def save_finals(
+    redis: Redis,
+    keys: Keys,
+    sid: str,
+    worker_id: str,
+    finals: list[bytes],
+    point: ReplayPoint,
+    trim_before: str,
+) -> bool:
+    """Store serialized finals and the new replay point, and trim the audio stream
+    before ``trim_before`` (an entry id, or ``""``), atomically and only while
+    ``worker_id`` owns the session. False: the session is no longer ours."""
+    fields = point.fields()
+    args = [
+        worker_id,
+        len(finals),
+        *finals,
+        fields["next_segment"],
+        fields["replay_after"],
+        fields["replay_base"],
+        fields["replay_sample"],
+        trim_before,
+    ]
+    session_keys = (keys.meta(sid), keys.results(sid), keys.audio(sid))
+    return bool(await redis.eval(_SAVE_FINALS, 3, *session_keys, *args))
+
+
+async def finish(
+    redis: Redis, keys: Keys, sid: str, worker_id: str, state: State, decoder_cpu: float
+) -> bool:
+    """End a session we own (``decoding`` -> ``state``) and let its keys expire.
+    False: it is no longer ours (taken over, or ended already)."""
+    owned = await redis.eval(
+        _FINISH,
+        3,
+        keys.meta(sid),
+        keys.audio(sid),
+        keys.results(sid),
+        worker_id,
+        state.value,
+        repr(time.time()),
+        round(decoder_cpu, 3),
+        SESSION_TTL_S,
+    )
+    if owned:
+        await redis.zrem(keys.live, sid)
+    return bool(owned)
