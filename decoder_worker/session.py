@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: A session whose audio stream stays silent this long (its gateway vanished) ends.
 AUDIO_TIMEOUT_S = 60.0
+#: Without finals, the replay point is saved (and the audio trimmed) once it has moved
+#: this many seconds, so long silences do not pile up in Redis.
+_TRIM_AFTER_S = 5.0
 #: Decoder processes a session may lose before it fails instead of resuming again.
 MAX_RESTARTS = 2
 #: Idle time given to a released session's entry, so other workers claim it at once.
@@ -294,7 +297,8 @@ class SessionRun:
                                 total=event.total,
                             )
                         )
-                if finals:
+                moved = (msg[2] - point.sample) / self.w.sample_rate
+                if finals or moved >= _TRIM_AFTER_S:
                     point = await self._save(finals, point, fed, msg[2])
             elif msg[0] == "ended":
                 return point.segment, int(msg[1])
@@ -309,7 +313,8 @@ class SessionRun:
         while len(fed) > 1 and fed[1].start <= sample:
             after = fed.popleft().entry_id
             old = ReplayPoint(old.segment, after, fed[0].start, old.sample)
-        point = ReplayPoint(finals[-1].segment + 1, old.after, old.base, max(sample, old.base))
+        segment = finals[-1].segment + 1 if finals else old.segment
+        point = ReplayPoint(segment, old.after, old.base, max(sample, old.base))
         saved = await sessions.save_finals(
             self.redis,
             self.keys,

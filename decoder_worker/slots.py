@@ -10,6 +10,7 @@ process exits, and whatever its decoders cached goes with it.
 Worker -> session process:  ("start", first_segment, offset_samples, partial_interval)
                             ("audio", pcm) ... ("end",) | ("abort",)
 Session process -> worker:  ("events", [Partial | Final, ...], replay_sample) ...
+                            (also with no events, every ``REPORT_EVERY_S`` of audio)
                             ("ended", samples)
                             ("error", message)   decoding failed; the process exits
 
@@ -34,6 +35,8 @@ from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
+#: Seconds of audio after which a session process reports its replay point anyway.
+REPORT_EVERY_S = 5.0
 #: How long a decoder process may take to exit after its pipe closed.
 _EXIT_GRACE_S = 2.0
 
@@ -57,13 +60,18 @@ def _serve_one_session(sock: socket.socket, engine: Engine, rules: EndpointRules
         first_segment=first_segment,
         offset_samples=offset,
     )
+    # Without results (a long silence) the replay point still moves on, so that the
+    # worker can trim the audio stream: report it every REPORT_EVERY_S of audio.
+    report_every = int(REPORT_EVERY_S * engine.sample_rate)
+    reported = recognizer.samples_received
     try:
         while True:
             msg = recv_frame(sock)
             if msg[0] == "audio":
                 events = recognizer.feed(msg[1])
-                if events:
+                if events or recognizer.samples_received - reported >= report_every:
                     send_frame(sock, ("events", events, recognizer.open_segment_start))
+                    reported = recognizer.samples_received
             elif msg[0] in ("end", "abort"):
                 events = recognizer.end() if msg[0] == "end" else []
                 if events:

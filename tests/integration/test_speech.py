@@ -233,3 +233,27 @@ async def test_cer_on_real_recordings(running: Cluster, testdata: Path) -> None:
         chars += c
     assert len(items) == 22 and chars > 400
     assert edits / chars <= 0.28, f"CER {edits / chars:.3f}"
+
+
+async def test_silence_does_not_pile_up_in_redis(running: Cluster) -> None:
+    """Without results the replay point still moves on, and the audio before it goes."""
+    url = speech_url(running.ws, "audio/x-raw, rate=16000, format=S16LE")
+    chunks = 80  # 20 s of silence in quarter seconds
+    async with websockets.connect(url) as ws:
+        for _ in range(chunks):
+            await ws.send(bytes(8000))
+        sid = ""
+        redis = running.gateway.redis
+        async with asyncio.timeout(30 * UNIT):
+            while True:
+                for raw in await redis.zrange(KEYS.live, 0, -1):
+                    meta = await redis.hgetall(KEYS.meta(raw.decode()))
+                    if int(meta.get(b"replay_sample", 0)) >= 16000 * 15:
+                        sid = raw.decode()
+                if sid:
+                    break
+                await asyncio.sleep(0.1)
+        assert await redis.xlen(KEYS.audio(sid)) < chunks // 2
+        await ws.send("EOS")
+        messages = [json.loads(m) async for m in ws]
+    assert messages == [] and ws.close_code == 1000  # no speech: no result, a clean close
