@@ -80,13 +80,11 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def _status_from_redis(settings: CommonSettings) -> dict[str, Any]:
-    from redis.asyncio import Redis
-
-    from shared import cluster
+    from shared import cluster, redis_client
     from shared.keys import Keys
 
     async def fetch() -> dict[str, Any]:
-        redis = Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url)
         try:
             return await cluster.snapshot(redis, Keys(settings.prefix))
         finally:
@@ -119,7 +117,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     _table(rows)
     print(f"\nlive sessions: {len(snap['sessions'])}")
-    rows = [("ID", "MODEL", "STATE", "OWNER", "AUDIO S", "AGE S")]
+    rows = [("ID", "MODEL", "STATE", "OWNER", "AUDIO S", "AGE S", "TAKEN OVER")]
     rows += [
         (
             s["id"],
@@ -128,10 +126,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             s["owner"],
             f"{s['audio_seconds']:.1f}",
             f"{s['age']:.0f}",
+            f"{s['takeovers']}x" if s.get("takeovers") else "",
         )
         for s in snap["sessions"]
     ]
     _table(rows)
+    p = settings.prefix
+    print(
+        "\nthe same raw data with redis-cli:\n"
+        f"  XINFO GROUPS {p}:sessions:MODEL         # lag = waiting, pending = decoding\n"
+        f"  XPENDING {p}:sessions:MODEL decoders    # which worker has which session\n"
+        f"  HGETALL {p}:worker:WORKER_ID            # a worker's heartbeat\n"
+        f"  HGETALL '{p}:{{SESSION_ID}}:meta'         # a session's record\n"
+        f"  XRANGE '{p}:{{SESSION_ID}}:results' - +   # its finals"
+    )
     return 0
 
 
@@ -159,12 +167,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = config.build(WorkerSettings, args, os.environ)
 
     async def heartbeat_age() -> float | None:
-        from redis.asyncio import Redis
-
-        from shared import cluster
+        from shared import cluster, redis_client
         from shared.keys import Keys
 
-        redis = Redis.from_url(settings.redis_url)
+        redis = redis_client.connect(settings.redis_url)
         try:
             for worker in await cluster.workers(redis, Keys(settings.prefix)):
                 if worker.id == settings.worker_id or (

@@ -36,6 +36,7 @@ class SessionInfo:
     owner: str
     audio_seconds: float
     age: float
+    takeovers: int
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ async def sessions(redis: Redis, keys: Keys) -> list[SessionInfo]:
                     int(_s(meta, "audio_bytes", "0")) / 2 / int(_s(meta, "sample_rate", "16000")), 2
                 ),
                 age=round(now - float(_s(meta, "created", "0") or 0), 1),
+                takeovers=int(_s(meta, "takeovers", "0")),
             )
         )
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -164,3 +165,17 @@ async def test_ksc_transcribe_exit_codes(running: Cluster, tmp_path) -> None:
     nowhere = f"ws://127.0.0.1:{free_port()}"
     gone = await asyncio.to_thread(ksc, "transcribe", "--url", nowhere, str(garbage))
     assert gone.returncode == 3 and "cannot reach" in gone.stderr
+
+
+async def test_ksc_status(running: Cluster, redis_server: str) -> None:
+    table = await asyncio.to_thread(
+        ksc, "status", "--redis-url", f"{redis_server}/0", "--prefix", PREFIX
+    )
+    assert table.returncode == 0, table.stderr
+    assert "workers: 2" in table.stdout and "SLOTS FREE/TOTAL" in table.stdout
+    assert f"XINFO GROUPS {PREFIX}:sessions:MODEL" in table.stdout
+    as_json = await asyncio.to_thread(ksc, "status", "--url", running.http, "--json")
+    snap = json.loads(as_json.stdout)
+    assert sorted(w["id"] for w in snap["workers"]) == ["w1", "w2"]
+    assert all(w["slots_total"] == 1 and w["models"] == ["ko"] for w in snap["workers"])
+    assert snap["sessions"] == [] and snap["requests_processed"] >= 0
