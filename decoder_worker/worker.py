@@ -9,6 +9,10 @@ Each session then runs as a :class:`~decoder_worker.session.SessionRun`.
 Every heartbeat renews the lease of each running session, both in its record and by
 resetting its pending entry's idle time (``XCLAIM … JUSTID``).
 
+Redis going away: the heartbeat and the claim loop log, back off and try again; a
+consumer group that vanished (Redis restarted without its data) is created again.
+Sessions meeting the outage are handled in :mod:`decoder_worker.session`.
+
 Shutdown: stop claiming -> advertise no free slot -> let running sessions finish for up
 to ``drain_timeout`` -> release the rest to other workers -> stop the decoder processes
 -> remove the heartbeat.
@@ -31,7 +35,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from decoder_worker.session import SessionRun
 from decoder_worker.slots import DecoderPool
-from shared import metrics, sessions
+from shared import metrics, redis_client, sessions
 from shared.config import WorkerSettings
 from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, WORKER_TTL_S, Keys
 from shared.metrics import WorkerMetrics
@@ -41,6 +45,13 @@ from shared.wire import SessionRequest
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 _BLOCK_MS = 500
+#: Longest pause between two attempts of a loop while Redis is unreachable.
+_BACKOFF_CAP_S = 2.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: 0.2, 0.4 … 2."""
+    return float(min(_BACKOFF_CAP_S, 0.1 * 2 ** min(failures, 8)))
 
 
 class Worker:
@@ -50,7 +61,7 @@ class Worker:
         self.sample_rate = sample_rate
         self.keys = Keys(settings.prefix)
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.redis: Redis = redis_client.connect(settings.redis_url)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runs: dict[str, SessionRun] = {}
         self._busy = 0
@@ -64,12 +75,16 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         metrics_site = await self._serve_metrics()
-        try:
-            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        await self.heartbeat_once()
+        failures = 0
+        while True:  # Redis may still be starting
+            try:
+                await self._ensure_group()
+                await self.heartbeat_once()
+                break
+            except (OSError, RedisError) as exc:
+                failures += 1
+                log.warning("Redis not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(backoff(failures))
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         claimer = asyncio.create_task(self._claim_loop(), name="claim")
         log.info(
@@ -105,6 +120,13 @@ class Worker:
             await self.redis.aclose()
             if metrics_site is not None:
                 await metrics_site.cleanup()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _serve_metrics(self) -> web.AppRunner | None:
         """``/metrics`` for Prometheus and ``/healthz`` (the event loop answers)."""
@@ -166,14 +188,28 @@ class Worker:
     # --- claiming --------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        failures = 0
         while True:
             await self.pool.reserve()
             try:
                 entry_id, request, claim = await self._next_claim()
                 slot = await self.pool.spawn()
+            except (OSError, RedisError) as exc:
+                self.pool.unreserve()
+                failures += 1
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    # Redis came back without our data: the stream and group are new.
+                    log.warning("consumer group %s missing; creating it again", GROUP)
+                    with suppress(OSError, RedisError):
+                        await self._ensure_group()
+                elif failures == 1 or failures % 10 == 0:
+                    log.warning("claiming failed (%s); backing off", exc)
+                await asyncio.sleep(backoff(failures))
+                continue
             except BaseException:
                 self.pool.unreserve()
                 raise
+            failures = 0
             self._busy += 1
             self._beat_now.set()
             run = SessionRun(self, request, entry_id, claim, slot)
@@ -225,9 +261,12 @@ class Worker:
     async def _renew_leases(self) -> None:
         lease = self.settings.lease
         for run in list(self._runs.values()):
-            await self.redis.xclaim(self.stream, GROUP, self.id, 0, [run.entry_id], justid=True)
             if not await sessions.renew(self.redis, self.keys, run.sid, self.id, lease):
                 run.lost.set()
+                continue
+            # NOGROUP (Redis lost the group) must not stop the renewal of the others.
+            with suppress(ResponseError):
+                await self.redis.xclaim(self.stream, GROUP, self.id, 0, [run.entry_id], justid=True)
 
 
 async def run(settings: WorkerSettings) -> None:

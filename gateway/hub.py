@@ -3,6 +3,14 @@
 A session subscribes to its events channel before its request is enqueued, and
 :meth:`EventHub.subscribe` returns only once Redis has confirmed the subscription, so
 no event a worker publishes can be missed.
+
+Redis going away: the reader backs off and reads again; redis-py then reconnects and
+subscribes every channel again (we see a second confirmation of the placeholder
+channel). Events published while we were disconnected are gone, so the hub then
+reconciles each session it serves with its record in Redis: a session claimed or
+finished in the meantime gets a :class:`Claimed` or :class:`Done` (both make the
+session read the results stream for finals it missed), one whose record is gone
+(Redis restarted without its data) a :class:`Failed`.
 """
 
 from __future__ import annotations
@@ -13,11 +21,23 @@ from contextlib import suppress
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
+from shared import sessions
 from shared.keys import Keys
-from shared.wire import Event, WireError, parse_event
+from shared.protocol import Status
+from shared.wire import Claimed, Done, Event, Failed, WireError, parse_event
 
 log = logging.getLogger(__name__)
+#: Longest pause of the reader (and of reconciliation) between attempts while Redis is down.
+_BACKOFF_CAP_S = 2.0
+#: How long a new session waits for Redis to confirm its subscription.
+_SUBSCRIBE_TIMEOUT_S = 30.0
+
+
+def backoff(failures: int) -> float:
+    return float(min(_BACKOFF_CAP_S, 0.1 * 2 ** min(failures, 8)))
 
 
 class EventHub:
@@ -28,20 +48,35 @@ class EventHub:
         self._queues: dict[str, asyncio.Queue[Event]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
+        self._reconcile: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._placeholder = keys.prefix + ":hub"
+        self._connections = 0
+        #: False from a failed read until the next confirmed (re)subscription.
+        self.connected = False
+
+    @property
+    def reconnects(self) -> int:
+        """Times the pub/sub connection came back after a failure (for tests and logs)."""
+        return max(0, self._connections - 1)
 
     async def start(self) -> None:
+        # A Cluster client learns the slot map on its first command; its pub/sub picks a
+        # node by slot, so it needs the map before subscribing.
+        await self._redis.ping()
         self._pubsub = self._redis.pubsub()
-        # A placeholder subscription keeps the connection in pub/sub mode while idle.
-        await self._pubsub.subscribe(self._keys.prefix + ":hub")
+        # A placeholder subscription keeps the connection in pub/sub mode while idle, and
+        # its confirmation arriving again tells the reader that the connection was renewed.
+        await self._pubsub.subscribe(self._placeholder)
         self._task = asyncio.create_task(self._run(), name="event-hub")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._reconcile):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._reconcile = None
         if self._pubsub is not None:
             await self._pubsub.aclose()
             self._pubsub = None
@@ -53,21 +88,48 @@ class EventHub:
         confirmed = asyncio.Event()
         self._queues[sid] = queue
         self._confirmed[channel] = confirmed
-        async with self._lock:
-            await self._pubsub.subscribe(channel)
-        await confirmed.wait()
+        try:
+            async with self._lock:
+                await self._pubsub.subscribe(channel)
+            async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
+                await confirmed.wait()
+        except TimeoutError:
+            self._forget(sid)
+            message = f"Redis did not confirm the subscription to {channel}"
+            raise RedisConnectionError(message) from None
+        except BaseException:
+            self._forget(sid)
+            raise
         return queue
+
+    def _forget(self, sid: str) -> None:
+        self._queues.pop(sid, None)
+        self._confirmed.pop(self._keys.events(sid), None)
 
     async def unsubscribe(self, sid: str) -> None:
         if self._queues.pop(sid, None) is None or self._pubsub is None:
             return
-        async with self._lock:
-            await self._pubsub.unsubscribe(self._keys.events(sid))
+        # Redis being down must not keep a finished session from ending: once we are
+        # reconnected, redis-py resubscribes only what is still in its channel list.
+        with suppress(RedisError, OSError):
+            async with self._lock:
+                await self._pubsub.unsubscribe(self._keys.events(sid))
 
     async def _run(self) -> None:
         assert self._pubsub is not None
+        failures = 0
         while True:
-            message = await self._pubsub.get_message(timeout=1.0)
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:
+                # redis-py gave up retrying: wait, then the next read reconnects.
+                failures += 1
+                if self.connected or failures == 1:
+                    log.warning("event hub lost Redis (%s); reconnecting", exc)
+                self.connected = False
+                await asyncio.sleep(backoff(failures))
+                continue
+            failures = 0
             if message is None:
                 continue
             channel = message["channel"].decode()
@@ -75,6 +137,8 @@ class EventHub:
                 confirmed = self._confirmed.pop(channel, None)
                 if confirmed is not None:
                     confirmed.set()
+                if channel == self._placeholder:
+                    self._on_connected()
                 continue
             if message["type"] != "message":
                 continue
@@ -87,3 +151,44 @@ class EventHub:
             queue = self._queues.get(sid)
             if queue is not None:
                 queue.put_nowait(event)
+
+    def _on_connected(self) -> None:
+        self.connected = True
+        self._connections += 1
+        if self._connections == 1:
+            return
+        log.info("event hub reconnected to Redis; reconciling %d sessions", len(self._queues))
+        if self._reconcile is not None:
+            self._reconcile.cancel()
+        self._reconcile = asyncio.create_task(self._reconcile_all(), name="event-hub-reconcile")
+
+    async def _reconcile_all(self) -> None:
+        """Events published while we were away are lost: ask Redis where each session is."""
+        failures = 0
+        pending = set(self._queues)
+        while pending:
+            try:
+                for sid in sorted(pending):
+                    event = await self._state_event(sid)
+                    queue = self._queues.get(sid)
+                    if event is not None and queue is not None:
+                        queue.put_nowait(event)
+                    pending.discard(sid)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("reconciling sessions after a reconnect failed: %s", exc)
+                await asyncio.sleep(backoff(failures))
+
+    async def _state_event(self, sid: str) -> Event | None:
+        """The event that brings a session's client up to date with its record."""
+        meta = await self._redis.hgetall(self._keys.meta(sid))
+        state = meta.get(b"state", b"").decode()
+        if not state:  # the record is gone (or recreated by a late audio counter)
+            return Failed(int(Status.ABORTED), sessions.DATA_LOST)
+        if state == "decoding":
+            return Claimed(worker=meta.get(b"owner", b"").decode())
+        if state == "done":
+            return Done(segments=int(meta.get(b"next_segment", b"0")), total=0.0)
+        if state == "failed":
+            return Failed(int(Status.ABORTED), "Session failed while Redis was unreachable")
+        return None  # queued: nothing happened yet; cancelled: the gateway did it

@@ -35,7 +35,7 @@ from gateway.audio import AudioInput
 from gateway.session import ClientSession, Outcome, Phase
 from gateway.state import Gateway
 from shared import cluster
-from shared.protocol import BadRequest, NoDecoderAvailable, SessionError
+from shared.protocol import Aborted, BadRequest, NoDecoderAvailable, SessionError
 from shared.wire import (
     Abort,
     AudioChunk,
@@ -118,7 +118,7 @@ class SessionRunner:
         outcome = "ok"
         with self.gw.track(self.sid, self.socket):
             try:
-                await self._session()
+                await self._session_or_abort()
             except SessionError as exc:
                 outcome = type(exc).__name__
                 self.log.info("%s: %s", outcome, exc)
@@ -144,6 +144,14 @@ class SessionRunner:
                 kind or "none",
             )
         return self.core
+
+    async def _session_or_abort(self) -> None:
+        """Redis unreachable for longer than the client retries ends the session with a
+        status message (2), not a dropped socket."""
+        try:
+            await self._session()
+        except RedisError as exc:
+            raise Aborted(f"Redis unavailable: {exc}") from exc
 
     async def _session(self) -> None:
         settings = self.gw.settings

@@ -14,7 +14,7 @@ from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
 
 from gateway.hub import EventHub
-from shared import cluster
+from shared import cluster, redis_client
 from shared.config import GatewaySettings
 from shared.keys import Keys
 from shared.metrics import GatewayMetrics
@@ -25,7 +25,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
-        self.redis: Redis = Redis.from_url(settings.redis_url)
+        self.redis: Redis = redis_client.connect(settings.redis_url)
         self.hub = EventHub(self.redis, self.keys)
         self.sessions: dict[str, web.WebSocketResponse | None] = {}
         self.ready = False

@@ -46,7 +46,11 @@ def _default_cache() -> str:
 
 @dataclass(frozen=True)
 class CommonSettings:
-    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis URL (redis://, rediss://)")
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis URL: redis://, rediss:// (TLS), redis+sentinel://H:P[,H:P]/MASTER[/DB], "
+        "redis+cluster://H:P[,H:P]",
+    )
     prefix: str = setting(DEFAULT_PREFIX, "prefix of every Redis key")
     log_level: str = setting("info", "log level: debug, info, warning, error")
 

@@ -34,6 +34,8 @@ _HEALTH_TIMEOUT_S = 2.0
 _HEALTH_INTERVAL_S = 2.0
 #: Silent health checks in a row after which a live worker counts as hung.
 _HUNG_AFTER = 3
+#: A child that has not answered its health URL this long after starting is hung.
+_START_GRACE_S = 180.0
 
 
 def free_port() -> int:
@@ -53,16 +55,19 @@ class Child:
     restarts: int = 0
     answered: bool = False  # it has answered once: only then do silences count
     silent: int = 0  # health checks in a row without an answer
+    started: float = 0.0
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv)
         self.answered, self.silent = False, 0
+        self.started = time.monotonic()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def hung(self) -> bool:
-        """Poll the health URL; True after ``_HUNG_AFTER`` silent checks in a row."""
+        """Poll the health URL; True after ``_HUNG_AFTER`` silent checks in a row, or
+        when it has not answered at all within ``_START_GRACE_S`` of starting."""
         if not self.health:
             return False
         try:
@@ -71,6 +76,8 @@ class Child:
         except OSError:
             if self.answered:
                 self.silent += 1
+            elif time.monotonic() - self.started > _START_GRACE_S:
+                return True
         return self.silent >= _HUNG_AFTER
 
     def restart(self, why: str) -> None:
