@@ -49,7 +49,11 @@ HEALTH_CHECK_INTERVAL_S = 10
 #: Connecting gives up after this long (an unreachable host, not a refused port).
 CONNECT_TIMEOUT_S = 2.0
 #: TCP keepalive: a silent peer is declared dead after about IDLE + INTERVAL * COUNT.
-_KEEPALIVE = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 3}
+#: Keepalive probes only idle connections; TCP_USER_TIMEOUT (ms) also drops one whose
+#: sent data goes unacknowledged that long (a cut link mid-command), instead of TCP's
+#: default of ~15 minutes of retransmissions. It does not limit a blocking read, where
+#: nothing is unacknowledged.
+_KEEPALIVE = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 11000}
 
 Kind = Literal["standalone", "sentinel", "cluster"]
 _SCHEMES: dict[str, tuple[Kind, bool]] = {
