@@ -26,6 +26,8 @@ from shared.config import GatewaySettings
 
 log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 1.0
+#: /readyz answers 503 when Redis takes longer than this.
+READY_TIMEOUT_S = 1.0
 #: After the drain timeout, how long closed sessions get to finish their handlers.
 _CLOSE_GRACE_S = 5.0
 
@@ -40,7 +42,11 @@ async def handle_status(request: web.Request) -> web.WebSocketResponse:
     async def push() -> None:
         nonlocal last
         while not ws.closed:
-            text = (await gateway.cluster_status()).serialize()
+            try:
+                text = (await gateway.cluster_status()).serialize()
+            except (RedisError, OSError) as exc:  # Redis down: try again next round
+                log.debug("status: %s", exc)
+                text = last
             if text != last:
                 await ws.send_str(text)
                 last = text
@@ -68,7 +74,11 @@ async def handle_readyz(request: web.Request) -> web.Response:
     if not gateway.ready:
         return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
     try:
-        workers = await cluster.workers(gateway.redis, gateway.keys)
+        # The client retries a dead connection for seconds; a probe wants an answer now.
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            workers = await cluster.workers(gateway.redis, gateway.keys)
+    except TimeoutError:
+        return web.json_response({"ready": False, "reason": "redis: no answer"}, status=503)
     except (RedisError, OSError) as exc:
         return web.json_response({"ready": False, "reason": f"redis: {exc}"}, status=503)
     slots = sum(w.slots_total for w in workers)
