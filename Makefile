@@ -4,7 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox curl
+APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox curl \
+	chromium fonts-noto-cjk
 STAMP := $(VENV)/.installed
 
 .PHONY: setup up test lint bench bench-smoke clean

@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
 from gateway import http
+from gateway import web as web_page
 from gateway.speech import handle_speech
 from gateway.state import GATEWAY, Gateway
 from shared import cluster, metrics
@@ -102,6 +103,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/status", handle_cluster)
     http.add_routes(app)
+    web_page.add_routes(app)
     app.router.add_get("/metrics", metrics.handler(gateway.metrics.registry))
     return app
 

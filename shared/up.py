@@ -234,6 +234,7 @@ def run(settings: UpSettings) -> int:
         if stopping:
             return 0
         print(f"ready in {time.monotonic() - started:.1f} s", flush=True)
+        print(f"  web page   {http}/", flush=True)
         print(f"  websocket  ws://{host}:{settings.port}/client/ws/speech", flush=True)
         print(f"  status     ws://{host}:{settings.port}/client/ws/status", flush=True)
         print(f"  health     {http}/readyz", flush=True)
