@@ -218,7 +218,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="transcribe audio files through a gateway")
     p.add_argument("files", nargs="+")
-    p.add_argument("--url", default="ws://127.0.0.1:8888", help="gateway base URL")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("KSC_URL", "ws://127.0.0.1:8888"),
+        help="gateway base URL [env KSC_URL]",
+    )
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="pace the upload in real time")
     pace.add_argument(
