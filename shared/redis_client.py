@@ -20,6 +20,11 @@ that is invisible to the caller. Longer outages surface as
 :class:`redis.exceptions.ConnectionError`; the long-running loops of the gateway and
 the worker then back off and try again themselves (see ``docs/reliability.md``).
 
+A process keeps at most :data:`MAX_CONNECTIONS` connections per server (a URL option
+``?max_connections=N`` overrides it); with one server, a command that finds them all
+busy waits up to :data:`POOL_WAIT_S` for one to come back instead of failing at once
+(redis-py's default pool fails the 101st concurrent command).
+
 A Cluster client is a :class:`redis.asyncio.cluster.RedisCluster`, not a
 :class:`redis.asyncio.Redis`; it answers every command this project sends (one hash
 slot per command or per transaction, see :mod:`shared.keys`), so :func:`connect` hands
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -48,6 +53,11 @@ BACKOFF_CAP_S = 1.0
 HEALTH_CHECK_INTERVAL_S = 10
 #: Connecting gives up after this long (an unreachable host, not a refused port).
 CONNECT_TIMEOUT_S = 2.0
+#: Connections one process may hold to one server: a gateway with hundreds of streams
+#: has that many short commands in flight (Redis itself accepts 10000 clients).
+MAX_CONNECTIONS = 1000
+#: How long a command waits for a pooled connection when all are busy.
+POOL_WAIT_S = 10.0
 #: TCP keepalive: a silent peer is declared dead after about IDLE + INTERVAL * COUNT.
 #: Keepalive probes only idle connections; TCP_USER_TIMEOUT (ms) also drops one whose
 #: sent data goes unacknowledged that long (a cut link mid-command), instead of TCP's
@@ -209,7 +219,10 @@ def connect(url: str) -> Redis:
     target = parse_url(url)
     options = _resilience()
     if target.kind == "standalone":
-        return Redis.from_url(target.url, **options)
+        pool = BlockingConnectionPool.from_url(
+            target.url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, **options
+        )
+        return Redis.from_pool(pool)
     auth: dict[str, Any] = {"username": target.username, "password": target.password}
     tls: dict[str, Any] = {"ssl": True} if target.tls else {}
     if target.kind == "cluster":
@@ -231,7 +244,12 @@ def connect(url: str) -> Redis:
     client = cast(
         _SentinelMaster,
         sentinel.master_for(
-            target.master, redis_class=_SentinelMaster, db=target.db, **auth, **options
+            target.master,
+            redis_class=_SentinelMaster,
+            db=target.db,
+            max_connections=MAX_CONNECTIONS,
+            **auth,
+            **options,
         ),
     )
     client.sentinel = sentinel

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -100,3 +102,18 @@ async def test_clients_built_without_connecting() -> None:
     cluster = connect("redis+cluster://127.0.0.1:1,127.0.0.1:2")
     assert isinstance(cluster, RedisCluster)
     await cluster.aclose()
+
+
+async def test_more_concurrent_commands_than_redis_pys_default_pool(redis_server: str) -> None:
+    """redis-py's own pool fails the 101st concurrent command; ours carries 300, and
+    a command that finds the pool exhausted waits for a connection."""
+    client = connect(f"{redis_server}/9")
+    replies = await asyncio.gather(*(client.blpop([f"pool-{i}"], 0.2) for i in range(300)))
+    assert replies == [None] * 300
+    await client.aclose()
+
+    small = connect(f"{redis_server}/9?max_connections=2")  # the URL overrides the limit
+    assert small.connection_pool.max_connections == 2
+    replies = await asyncio.gather(*(small.blpop([f"pool-{i}"], 0.1) for i in range(5)))
+    assert replies == [None] * 5
+    await small.aclose()
