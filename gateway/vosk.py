@@ -1,0 +1,265 @@
+"""vosk-server's websocket dialect, at ``/`` (with an upgrade) and ``/vosk``.
+
+A transport around :class:`~gateway.runner.SessionRunner`, as :mod:`gateway.speech` is
+for kaldi-gstreamer-server's dialect; the session itself (admission, audio, worker
+events, status codes) is the same. What differs is the conversation:
+
+* ``{"config": {...}}`` — optional, before any audio: ``sample_rate`` (default
+  16000), ``phrase_list`` (a grammar, status 7 when bad), ``words`` (accepted: there
+  are no word times to give, see below), ``max_alternatives`` (0 only; alternatives
+  need an n-best list kaldi-active-grammar does not produce, so more is refused).
+  Like vosk-server, a config gets no reply.
+* binary frames — 16-bit little-endian mono PCM at ``sample_rate`` (the gateway
+  resamples to the model's rate). Each gets exactly one reply: the oldest final not
+  yet sent as ``{"text": …}``, else ``{"partial": …}`` with the open segment's best
+  path. Decoding runs on a worker, so a reply carries what is ready when the frame
+  arrives, not the result of that very frame.
+* ``{"eof": 1}`` — ends the audio. Its reply, once the worker finished, is one
+  ``{"text": …}`` with every final not sent yet (joined by spaces, ``""`` if none);
+  then the socket closes, as vosk-server closes after its final result.
+* ``{"reset": 1}`` — replies ``{"text": …}`` with the finals ready and not yet sent
+  (``""`` if none); segmentation goes on by the server's own endpointing, the open
+  segment is not cut short.
+
+Replies never carry ``"result"`` word entries: kaldi-active-grammar gives word times
+only with an align lexicon, which the default model does not ship, and times are not
+invented. Errors (bad JSON, an unknown message, a bad config, a bad phrase list, no
+decoder) get ``{"error": message, "status": code}`` and a close (1008 for the
+client's mistakes, 1011 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
+from gateway.session import ClientSession, Outcome
+from gateway.state import GATEWAY
+from shared.protocol import BadRequest, Status
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VoskConfig", "VoskMessage", "VoskReplies", "handle_vosk", "parse_message"]
+
+_CONFIG_KEYS = frozenset({"sample_rate", "words", "max_alternatives", "phrase_list"})
+_MIN_RATE, _MAX_RATE = 1000, 384000
+
+
+def _dump(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class VoskConfig:
+    sample_rate: int = 16000
+    words: bool = False
+    max_alternatives: int = 0
+    #: the client's ``phrase_list`` as sent (validated by the runner), None: dictation
+    phrase_list: object = None
+
+    @property
+    def content_type(self) -> str:
+        return f"audio/x-raw, format=S16LE, channels=1, rate={self.sample_rate}"
+
+    @classmethod
+    def parse(cls, obj: object) -> VoskConfig:
+        if not isinstance(obj, Mapping):
+            raise BadRequest("config must be a JSON object")
+        unknown = sorted(set(obj) - _CONFIG_KEYS)
+        if unknown:  # vosk-server ignores what it does not know; so does this
+            log.info("vosk config: ignoring field(s) %s", ", ".join(unknown))
+        rate = obj.get("sample_rate", 16000)
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not math.isfinite(rate)
+            or rate != int(rate)
+            or not _MIN_RATE <= rate <= _MAX_RATE
+        ):
+            raise BadRequest(
+                f"config sample_rate must be a whole number from {_MIN_RATE} to {_MAX_RATE}"
+            )
+        words = obj.get("words", False)
+        if not isinstance(words, bool | int):
+            raise BadRequest("config words must be a boolean")
+        alternatives = obj.get("max_alternatives", 0)
+        if isinstance(alternatives, bool) or not isinstance(alternatives, int):
+            raise BadRequest("config max_alternatives must be an integer")
+        if alternatives != 0:
+            raise BadRequest(
+                "max_alternatives > 0 is not supported: the decoder gives no n-best list"
+            )
+        return cls(int(rate), bool(words), 0, obj.get("phrase_list"))
+
+
+@dataclass(frozen=True)
+class VoskMessage:
+    """A text frame of the vosk dialect: exactly one of its fields is set."""
+
+    config: VoskConfig | None = None
+    eof: bool = False
+    reset: bool = False
+
+
+def parse_message(text: str) -> VoskMessage:
+    """``{"config": …}``, ``{"eof": 1}`` or ``{"reset": 1}``, with any spacing."""
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"Text message is not JSON: {text[:80]!r}") from exc
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise BadRequest(f"Unsupported text message: {text[:80]!r}")
+    ((key, value),) = obj.items()
+    if key == "config":
+        return VoskMessage(config=VoskConfig.parse(value))
+    if key in ("eof", "reset") and value in (1, True):
+        return VoskMessage(eof=key == "eof", reset=key == "reset")
+    raise BadRequest(f"Unsupported text message: {text[:80]!r}")
+
+
+@dataclass
+class VoskReplies:
+    """What the client is told, from the session core's state (pure, no I/O)."""
+
+    core: ClientSession
+    sent: int = 0  # finals already sent as {"text"}
+    closed: bool = field(default=False)
+
+    def _text(self, text: str) -> str:
+        return _dump({"text": text})
+
+    def for_audio(self) -> str:
+        """The reply to an audio frame: the oldest unsent final, else the partial."""
+        if self.sent < len(self.core.finals):
+            self.sent += 1
+            return self._text(self.core.finals[self.sent - 1].text)
+        partial = self.core.last_partial
+        text = partial[1] if partial and partial[0] >= self.core.next_segment else ""
+        return _dump({"partial": text})
+
+    def rest(self) -> str:
+        """Every unsent final in one ``{"text"}`` (the reply to eof and reset)."""
+        text = " ".join(final.text for final in self.core.finals[self.sent :])
+        self.sent = len(self.core.finals)
+        return self._text(text)
+
+    def error(self) -> str | None:
+        failure = self.core.failure
+        if failure is None:
+            return None
+        return _dump({"error": failure.message, "status": int(failure.status)})
+
+
+class _Sink:
+    """Worker events need no reply of their own; the end of the session does."""
+
+    replies: VoskReplies
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def deliver(self, outcome: Outcome) -> None:
+        if not outcome.close or self.ws.closed:
+            return
+        error = self.replies.error()
+        try:
+            if error is not None:
+                await _fail(self.ws, error, self.replies.core.failure.status)  # type: ignore[union-attr]
+                return
+            await self.ws.send_str(self.replies.rest())  # the reply to eof
+            await self.ws.close()
+        except ConnectionResetError:  # the client is gone: nobody left to tell
+            log.debug("vosk client gone before the last reply")
+
+
+async def _fail(ws: web.WebSocketResponse, reply: str, status: Status) -> None:
+    client = status in (Status.NOT_ALLOWED, Status.BAD_GRAMMAR, Status.LANGUAGE_NOT_SUPPORTED)
+    code = WSCloseCode.POLICY_VIOLATION if client else WSCloseCode.INTERNAL_ERROR
+    if not ws.closed:
+        await ws.send_str(reply)
+        await ws.close(code=code)
+
+
+async def handle_vosk(request: web.Request) -> web.WebSocketResponse:
+    gateway = request.app[GATEWAY]
+    settings = gateway.settings
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 1, autoping=True)
+    await ws.prepare(request)
+    config = VoskConfig()
+    first: bytes | None = None
+    eof = False
+    try:
+        # Configs until the first audio frame (or eof): the session starts then.
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                first = msg.data
+                break
+            if msg.type == WSMsgType.TEXT:
+                message = parse_message(msg.data)
+                if message.config is not None:
+                    config = message.config
+                    continue
+                if message.eof:
+                    eof = True
+                    break
+                await ws.send_str(_dump({"text": ""}))  # a reset before any audio
+            elif msg.type == WSMsgType.ERROR:
+                break
+    except BadRequest as exc:
+        error = _dump({"error": str(exc), "status": int(Status.NOT_ALLOWED)})
+        await _fail(ws, error, Status.NOT_ALLOWED)
+        return ws
+    if ws.closed or (first is None and not eof):
+        return ws
+    spec = SessionSpec(
+        model=request.query.get("model", settings.model),
+        content_type=config.content_type,
+        transport="vosk",
+        phrases=config.phrase_list,
+    )
+    sink = _Sink(ws)
+    frames = _frames(ws, sink, first, settings.max_frame_bytes)
+    runner = SessionRunner(gateway, spec, frames, sink, socket=ws)
+    sink.replies = VoskReplies(runner.core)  # before the runner reads the first frame
+    await runner.run()
+    return ws
+
+
+async def _frames(
+    ws: web.WebSocketResponse, sink: _Sink, first: bytes | None, limit: int
+) -> AudioSource:
+    """Audio pieces and ``EOS`` for the runner; every frame answered as it is read."""
+    replies = sink.replies
+    if first is None:  # eof before any audio
+        yield EOS
+        return
+    pending: bytes | None = first
+    while True:
+        if pending is not None:
+            if len(pending) > limit:
+                raise BadRequest(f"Frame of {len(pending)} bytes exceeds {limit}")
+            await ws.send_str(replies.for_audio())
+            yield pending
+            pending = None
+        msg = await ws.receive()
+        if msg.type == WSMsgType.BINARY:
+            pending = msg.data
+        elif msg.type == WSMsgType.TEXT:
+            message = parse_message(msg.data)
+            if message.eof:
+                yield EOS
+            elif message.reset:
+                await ws.send_str(replies.rest())
+            else:
+                raise BadRequest("config must come before the audio")
+        elif msg.type == WSMsgType.ERROR:
+            raise BadRequest(f"Websocket error: {ws.exception()}")
+        else:  # closed by the client
+            return
