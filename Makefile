@@ -32,5 +32,13 @@ test: setup
 	$(BIN)/mypy gateway decoder_worker shared
 	$(BIN)/pytest
 
+# The benchmark suite (docs/performance.md): writes benchmarks/results/latest.json and plots.
+bench: setup
+	$(BIN)/python -m benchmarks.run --out benchmarks/results
+
+# The same stages with tiny parameters: checks the harness, not the numbers (also in `make test`).
+bench-smoke: setup
+	$(BIN)/pytest -q tests/benchmarks
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

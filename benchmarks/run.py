@@ -1,0 +1,291 @@
+"""The benchmark suite: every figure of docs/performance.md, side by side in one run.
+
+    python -m benchmarks.run [--out benchmarks/results] [--smoke]
+
+Writes ``latest.json`` (the figures, the machine, the load average, and the details
+they were computed from) and the plots ``throughput.png`` and ``latency.png`` into
+``--out``. ``--smoke`` runs every stage with tiny parameters: it checks the harness,
+not the numbers. Stages, in order:
+
+1. decode cost: our recogniser (a fresh fork per utterance, as the cluster decodes) and
+   the ``vosk`` package on the same clips, one after the other in this process
+   (:mod:`benchmarks.cer`); CPU seconds per audio second;
+2. cluster overhead: the same clips decoded by ``cores`` direct decoders and through
+   gateway + Redis + one worker with ``cores`` slots, interleaved
+   (:mod:`benchmarks.overhead`);
+3. live streams at rising concurrency against the cluster and against the vosk
+   websocket server (:mod:`benchmarks.vosk_server`), level by level, each level run
+   against both back to back (:mod:`benchmarks.streams`); the worker's PSS is sampled
+   meanwhile (:mod:`benchmarks.cluster`);
+4. the decoder's own finalize time, for the final latency above it;
+5. one gateway with many live streams and no decoders (:mod:`benchmarks.gateway_load`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+from benchmarks import cer, cluster, gateway_load, overhead, streams
+from benchmarks.common import (
+    cluster as run_cluster,
+)
+from benchmarks.common import (
+    load_average,
+    machine,
+    percentile,
+    redis_server,
+    stop,
+)
+from shared.up import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_CUTS = Path(tempfile.gettempdir()) / f"ksc-bench-cuts-{os.getpid()}"
+CACHE = os.environ.get("KSC_CACHE") or str(Path.home() / ".cache" / "kaldi-stream-cluster")
+
+
+class Params:
+    def __init__(self, smoke: bool) -> None:
+        self.smoke = smoke
+        cores = os.cpu_count() or 1
+        self.decoders = 1 if smoke else cores
+        self.cost_clips = 1 if smoke else 8
+        self.overhead_clips = 2 if smoke else 8
+        self.overhead_rounds = 1 if smoke else 2
+        self.levels = [1] if smoke else [1, 2, 3, 4, 5, 6, 8]
+        self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
+        self.gateway_streams = 5 if smoke else 500
+        self.gateway_seconds = 3.0 if smoke else 20.0
+        self.gateway_pool = 2000
+
+
+def clips(n: int, clip_s: float = 0.0) -> list[tuple[Path, str, bytes]]:
+    """The ``n`` longest test clips (live streams then overlap longest), or the bundled
+    sample when the test set is absent; cut to ``clip_s`` seconds if given."""
+    items = (
+        cer.read_manifest(cer.DEFAULT_CLIPS)
+        if (cer.DEFAULT_CLIPS / "manifest.tsv").exists()
+        else []
+    )
+    if not items:
+        sample = Path(__file__).resolve().parents[1] / "shared" / "samples" / "ko-sample.wav"
+        items = [(sample, "")]
+    items.sort(key=lambda i: -i[0].stat().st_size)
+    picked = [items[i % len(items)] for i in range(n)]
+    out = []
+    for path, ref in picked:
+        pcm = cer.read_wav(path)
+        if clip_s:
+            pcm = pcm[: int(clip_s * 32000)]
+            path = _CUTS / f"{path.stem}-{clip_s}s.wav"
+            _CUTS.mkdir(parents=True, exist_ok=True)
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(16000)
+                w.writeframes(pcm)
+        out.append((path, ref, pcm))
+    return out
+
+
+def stage_cost(p: Params) -> dict[str, Any]:
+    items = [(path, ref) for path, ref, _ in clips(p.cost_clips, p.clip_s)]
+    ours = cer.run_ours(items, Path(CACHE))
+    vosk = cer.run_vosk(items)
+    strip = ("clips",)
+    return {
+        "ours": {k: v for k, v in ours.items() if k not in strip},
+        "vosk": {k: v for k, v in vosk.items() if k not in strip},
+    }
+
+
+def stage_overhead(p: Params, engine: Any, rules: Any, ws: str) -> dict[str, Any]:
+    pcms = [pcm for _, _, pcm in clips(p.overhead_clips, p.clip_s)]
+    rounds = []
+    for _ in range(p.overhead_rounds):
+        d = overhead.direct(engine, rules, pcms, p.decoders)
+        c = overhead.through_cluster(ws, pcms, p.decoders)
+        rounds.append(
+            {
+                "direct": {k: v for k, v in d.items() if k != "texts"},
+                "cluster": {k: v for k, v in c.items() if k != "texts"},
+                "texts_equal": d["texts"] == c["texts"],
+            }
+        )
+    direct_tp = sum(r["direct"]["throughput"] for r in rounds)
+    cluster_tp = sum(r["cluster"]["throughput"] for r in rounds)
+    return {"decoders": p.decoders, "rounds": rounds, "ratio": cluster_tp / direct_tp}
+
+
+async def _level_with_pss(ws: str, worker_pid: int, pcms: list[bytes], c: int) -> dict[str, Any]:
+    samples: list[float] = []
+
+    async def sampler() -> None:
+        while True:
+            samples.append(cluster.sample(worker_pid)["total_pss_mb"])
+            await asyncio.sleep(0.5)
+
+    task = asyncio.create_task(sampler())
+    try:
+        result = await streams.level("ours", ws, pcms, c)
+    finally:
+        task.cancel()
+    result["peak_pss_mb"] = round(max(samples, default=0.0), 1)
+    return result
+
+
+def stage_levels(p: Params, ws: str, worker_pid: int, vosk_url: str) -> dict[str, Any]:
+    pcms = [pcm for _, _, pcm in clips(max(p.levels), p.clip_s)]
+    time.sleep(1.0)
+    idle = cluster.sample(worker_pid)["total_pss_mb"]
+    ours: list[dict[str, Any]] = []
+    vosk: list[dict[str, Any]] = []
+    for c in p.levels:
+        if ours and vosk and not ours[-1]["sustained"] and not vosk[-1]["sustained"]:
+            break  # both past their limit: higher levels only take longer
+        row = asyncio.run(_level_with_pss(ws, worker_pid, pcms, c))
+        row["pss_per_stream_mb"] = round((row["peak_pss_mb"] - idle) / c, 1)
+        ours.append(row)
+        vosk.append(asyncio.run(streams.level("vosk", vosk_url, pcms, c)))
+        print(
+            f"level {c}: ours p95 {ours[-1]['final_latency_p95_s']} s, "
+            f"vosk p95 {vosk[-1]['final_latency_p95_s']} s",
+            file=sys.stderr,
+        )
+    return {"idle_pss_mb": round(idle, 1), "ours": ours, "vosk": vosk}
+
+
+def max_sustained(rows: list[dict[str, Any]]) -> int:
+    """The highest level reached with every level up to it sustained."""
+    best = 0
+    for row in rows:
+        if not row["sustained"]:
+            break
+        best = row["concurrency"]
+    return best
+
+
+def run(p: Params, out: Path) -> dict[str, Any]:
+    from decoder_worker.engine import KagEngine
+    from decoder_worker.model import load_prepared, prepare_model
+
+    t_start = time.monotonic()
+
+    def stage(text: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f} s] {text}", file=sys.stderr)
+
+    load_before = load_average()
+    stage("1: decode cost, ours and vosk")
+    # In a fresh interpreter: kaldi-active-grammar's state is process-wide, and the
+    # direct decoders below must start from the same state as the worker's.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        cost = pool.apply(stage_cost, (p,))
+    model = load_prepared(prepare_model(cache_dir=Path(CACHE)))
+    engine = KagEngine.load(model)  # a template only: never decodes in this process
+    stage("cluster and vosk server starting")
+    vosk_port = free_port()
+    vosk_proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.vosk_server", "--port", str(vosk_port)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        with redis_server() as url, run_cluster(url, max(p.levels), CACHE) as cl:
+            gateway_load._wait_port(vosk_port, limit=120)
+            stage("2: overhead")
+            over = stage_overhead(p, engine, model.endpoint, cl["ws"])
+            stage("3: live streams")
+            levels = stage_levels(p, cl["ws"], cl["worker_pid"], f"ws://127.0.0.1:{vosk_port}/")
+    finally:
+        stop(vosk_proc)
+    stage("4: finalize time")
+    fin = overhead.finalize_ms(
+        engine, [pcm for _, _, pcm in clips(3 if not p.smoke else 1, p.clip_s)]
+    )
+    stage("5: gateway")
+    gw = gateway_load.measure(p.gateway_streams, p.gateway_seconds, p.gateway_pool)
+
+    cores = os.cpu_count() or 1
+    within = [r for r in levels["ours"] if r["concurrency"] <= cores]
+    vosk_within = [r for r in levels["vosk"] if r["concurrency"] <= cores]
+    lat_ours = [x * 1000 for r in within for x in r["final_latency_s"]]
+    lat_vosk = [x * 1000 for r in vosk_within for x in r["final_latency_s"]]
+    intervals = [x * 1000 for r in within for x in r["partial_intervals_s"]]
+    finalize = percentile(fin, 50)
+    s_ours, s_vosk = max_sustained(levels["ours"]), max_sustained(levels["vosk"])
+    top = [r for r in levels["ours"] if r["concurrency"] == max(s_ours, 1)]
+    report: dict[str, Any] = {
+        "overhead_ratio": round(over["ratio"], 3),
+        "rtf_ratio_vs_vosk": round(cost["ours"]["rtf_cpu"] / cost["vosk"]["rtf_cpu"], 3),
+        "streams_ratio_vs_vosk_server": round(s_ours / s_vosk, 3) if s_vosk else None,
+        # End of audio -> final at the client; it includes the decoder's own finalize
+        # time, so it bounds the latency above that from above.
+        "p95_final_latency_ms": round(percentile(lat_ours, 95), 1),
+        "partial_interval_p95_ms": round(percentile(intervals, 95), 1),
+        "pss_per_stream_mb": top[0]["pss_per_stream_mb"] if top else None,
+        "gateway_streams": gw["streams"] - gw["n_client_errors"],
+        "gateway_p99_forward_ms": gw["forward_ms_p99"],
+        "gateway_cpu_cores": gw["gateway_cpu_cores"],
+        "gateway_cores_needed": gw["gateway_cores_needed"],
+        "gateway_forward_ms_p50": gw["forward_ms_p50"],
+        "streams_sustained": {"ours": s_ours, "vosk": s_vosk},
+        "p95_final_latency_vosk_ms": round(percentile(lat_vosk, 95), 1),
+        "decoder_finalize_ms": round(finalize, 1),
+        "rtf_cpu": {
+            "ours": round(cost["ours"]["rtf_cpu"], 3),
+            "vosk": round(cost["vosk"]["rtf_cpu"], 3),
+        },
+        "smoke": p.smoke,
+        "machine": machine(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "duration_s": round(time.monotonic() - t_start, 1),
+        "details": {
+            "cost": cost,
+            "overhead": over,
+            "levels": levels,
+            "sustain_limit_s": streams.SUSTAIN_LIMIT_S,
+            "finalize_ms": [round(x, 1) for x in fin],
+            "latency_samples_ms": {
+                "ours": [round(x, 1) for x in lat_ours],
+                "vosk": [round(x, 1) for x in lat_vosk],
+            },
+            "partial_intervals_ms": [round(x, 1) for x in intervals],
+            "gateway": gw,
+        },
+    }
+    from benchmarks.plots import write_plots
+
+    report["plots"] = write_plots(report, out)
+    gw_delays = report["details"]["gateway"].pop("delays_ms")
+    report["details"]["gateway"]["delays_ms_count"] = len(gw_delays)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--smoke", action="store_true", help="tiny parameters: harness only")
+    args = parser.parse_args(argv)
+    try:
+        report = run(Params(args.smoke), args.out)
+    finally:
+        shutil.rmtree(_CUTS, ignore_errors=True)
+    summary = {k: v for k, v in report.items() if k not in ("details", "machine")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
