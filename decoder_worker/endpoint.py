@@ -146,6 +146,14 @@ class Endpointer:
         return window + self._frame + int(self._config.preroll * self._rate)
 
     @property
+    def samples_without_speech(self) -> int:
+        """Samples received since a segment was last open (0 while one is): what the
+        silence timeout counts."""
+        if self._seg_start is not None:
+            return 0
+        return self._received - self._last_end
+
+    @property
     def earliest_next_start(self) -> int:
         """The earliest sample a segment not yet opened could start at."""
         return max(self._last_end, self._received - self.lookback_samples)

@@ -65,6 +65,9 @@ class KagEngine:
         self._lookahead = lookahead
         self.sample_rate = sample_rate
         self._started = False
+        #: which grammars are active at the start of an utterance: dictation only,
+        #: unless :meth:`restrict` added a phrase-list grammar
+        self._activity = [True]
         self._block_bytes = 2 * sample_rate * BLOCK_MS // 1000
         self._pending = bytearray()  # less than one block, not yet decoded
 
@@ -116,11 +119,25 @@ class KagEngine:
         if self._lookahead:
             # The grammar activity is read at the start of an utterance only; later
             # calls pass None (KaG sends an empty list).
-            activity = None if self._started else [True]
+            activity = None if self._started else self._activity
             self._decoder.decode(pcm, finalize, activity)
         else:
             self._decoder.decode(pcm, finalize)
         self._started = not finalize
+
+    def restrict(self, grammar: str) -> None:
+        """Decode every later utterance with ``grammar`` only, dictation off.
+
+        ``grammar`` is a rule FST in OpenFst text form with words as symbols
+        (:mod:`decoder_worker.grammar`). Called in a session's decoder process, never
+        in the worker's, whose engine stays pristine for the other sessions.
+        """
+        from decoder_worker.grammar import GrammarError
+
+        if not self._lookahead:
+            raise GrammarError("Bad grammar: this model does not support phrase lists")
+        self._decoder.add_grammar_fst_text(grammar)
+        self._activity = [False] * (self._decoder.num_grammars - 1) + [True]
 
     def accept(self, pcm: bytes) -> None:
         """Decode more audio of the open utterance (opening one if needed).

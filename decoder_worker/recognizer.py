@@ -99,6 +99,11 @@ class Recognizer:
         return self._received
 
     @property
+    def samples_without_speech(self) -> int:
+        """Samples received since speech was last heard (a segment was open)."""
+        return self._endpointer.samples_without_speech
+
+    @property
     def next_segment(self) -> int:
         """The number the next final will carry."""
         return self._next_segment

@@ -27,12 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as rx
 
+from decoder_worker.grammar import GrammarError
+from decoder_worker.out_dir import SessionAudio
 from decoder_worker.recognizer import Final, Partial
 from decoder_worker.slots import Slot, SlotDied
 from shared import sessions
 from shared.keys import GROUP
 from shared.protocol import Status
 from shared.sessions import Claim, ReplayPoint
+from shared.tasks import stop_tasks
 from shared.wire import (
     Abort,
     AudioChunk,
@@ -43,6 +46,7 @@ from shared.wire import (
     Failed,
     FinalResult,
     PartialResult,
+    Progress,
     SessionRequest,
     final_fields,
     parse_audio_entry,
@@ -58,6 +62,8 @@ AUDIO_TIMEOUT_S = 60.0
 #: Without finals, the replay point is saved (and the audio trimmed) once it has moved
 #: this many seconds, so long silences do not pile up in Redis.
 _TRIM_AFTER_S = 5.0
+#: The gateway hears how much audio went to the decoder every this many seconds of it.
+PROGRESS_EVERY_S = 1.0
 #: Decoder processes a session may lose before it fails instead of resuming again.
 MAX_RESTARTS = 2
 #: Idle time given to a released session's entry, so other workers claim it at once.
@@ -95,6 +101,7 @@ class SessionRun:
     ) -> None:
         self.w = worker
         self.sid = request.sid
+        self.phrases = request.phrases
         self.entry_id = entry_id
         self.claim = claim
         self.slot = slot
@@ -102,6 +109,8 @@ class SessionRun:
         self.log = SessionLog(log, {"sid": self.sid})
         self.keys = worker.keys
         self.redis = worker.redis
+        #: the ``out_dir`` copy of the received audio, opened when decoding starts
+        self.saved: SessionAudio | None = None
 
     async def _publish(self, event: Event) -> None:
         await self.redis.publish(self.keys.events(self.sid), serialize_event(event))
@@ -123,6 +132,10 @@ class SessionRun:
         cpu = seconds = 0.0
         last: Event
         restarts = 0
+        if self.w.settings.out_dir:
+            self.saved = SessionAudio(
+                self.w.settings.out_dir, self.sid, self.w.sample_rate, point.sample
+            )
         try:
             while True:
                 try:
@@ -165,6 +178,8 @@ class SessionRun:
             self.log.info("released to another worker")
             raise
         finally:
+            if self.saved is not None:
+                self.saved.close()
             cpu += await self.w.pool.retire(self.slot)
             self.w.session_finished()
         await self._finish(last, seconds, cpu)
@@ -221,6 +236,14 @@ class SessionRun:
 
     async def _decode(self, point: ReplayPoint) -> tuple[Event, float]:
         await self._publish(Claimed(worker=self.w.id))
+        if self.phrases:
+            # Compiled (or found in the cache) by the worker, added by the session's
+            # decoder process to its own copy of the engine: see decoder_worker.grammar.
+            try:
+                grammar = await self.w.grammars.compile(self.phrases)
+            except GrammarError as exc:
+                raise SessionFailed(Status.BAD_GRAMMAR, str(exc)) from exc
+            await self.slot.send("grammar", grammar)
         await self.slot.send("start", point.segment, point.sample, self.w.settings.partial_interval)
         fed: deque[_Fed] = deque()
         feeder = asyncio.create_task(self._feed(point, fed))
@@ -237,9 +260,7 @@ class SessionRun:
             next_segment, samples = collector.result()
             ending = await feeder
         finally:
-            for task in (feeder, collector, lost):
-                task.cancel()
-            await asyncio.gather(feeder, collector, lost, return_exceptions=True)
+            await stop_tasks(feeder, collector, lost)
         seconds = samples / self.w.sample_rate
         if ending == "eos":
             return Done(segments=next_segment, total=seconds), seconds
@@ -249,7 +270,8 @@ class SessionRun:
         """Audio stream -> decoder process, from the replay point. Returns how it ended."""
         last: str = point.after
         skip = (point.sample - point.base) * 2  # bytes before the restart sample
-        position = point.base
+        position = reported = point.base
+        progress_every = int(PROGRESS_EVERY_S * self.w.sample_rate)
         while True:
             reply = await self.redis.xread(
                 {self.keys.audio(self.sid): last}, count=64, block=int(AUDIO_TIMEOUT_S * 1000)
@@ -263,6 +285,8 @@ class SessionRun:
                     entry = parse_audio_entry(fields)
                     if isinstance(entry, AudioChunk):
                         pcm = entry.pcm
+                        if self.saved is not None:
+                            self.saved.write(position, pcm)
                         fed.append(_Fed(last, position))
                         position += len(pcm) // 2
                         if skip:
@@ -270,6 +294,11 @@ class SessionRun:
                             pcm, skip = pcm[cut:], skip - cut
                         if pcm:
                             await self.slot.send("audio", pcm)
+                        if position - reported >= progress_every:
+                            # Handed over: the pipes to the decoder hold only a few
+                            # seconds, so this tracks decoding (gateway backpressure).
+                            await self._publish(Progress(position))
+                            reported = position
                     elif isinstance(entry, EndOfStream):
                         await self.slot.send("end")
                         return "eos"
@@ -285,23 +314,29 @@ class SessionRun:
                 finals = []
                 for event in msg[1]:
                     if isinstance(event, Partial):
-                        await self._publish(PartialResult(event.segment, event.text))
+                        text = await self.w.post.partial(event.text)
+                        if text is not None:  # None: a busy post-processor skips it
+                            await self._publish(PartialResult(event.segment, text))
                     elif isinstance(event, Final):
-                        finals.append(
-                            FinalResult(
-                                segment=event.segment,
-                                text=event.text,
-                                likelihood=event.likelihood,
-                                start=event.start,
-                                length=event.length,
-                                total=event.total,
-                            )
+                        final = FinalResult(
+                            segment=event.segment,
+                            text=event.text,
+                            likelihood=event.likelihood,
+                            start=event.start,
+                            length=event.length,
+                            total=event.total,
                         )
+                        finals.append(await self.w.post.final(final, self.sid))
                 moved = (msg[2] - point.sample) / self.w.sample_rate
                 if finals or moved >= _TRIM_AFTER_S:
                     point = await self._save(finals, point, fed, msg[2])
             elif msg[0] == "ended":
                 return point.segment, int(msg[1])
+            elif msg[0] == "no speech":
+                limit = self.w.pool.silence_timeout
+                raise SessionFailed(
+                    Status.NO_SPEECH, f"No speech: {limit:g} s of audio without speech"
+                )
             elif msg[0] == "error":
                 raise SessionFailed(Status.ABORTED, f"Decoding failed: {msg[1]}")
 

@@ -7,11 +7,13 @@ model's pages stay shared copy-on-write, the Kaldi call never blocks the worker'
 loop, and every utterance decodes from the same state. When the session ends its
 process exits, and whatever its decoders cached goes with it.
 
-Worker -> session process:  ("start", first_segment, offset_samples, partial_interval)
+Worker -> session process:  [("grammar", fst_text)]  phrase list: no dictation
+                            ("start", first_segment, offset_samples, partial_interval)
                             ("audio", pcm) ... ("end",) | ("abort",)
 Session process -> worker:  ("events", [Partial | Final, ...], replay_sample) ...
                             (also with no events, every ``REPORT_EVERY_S`` of audio)
                             ("ended", samples)
+                            ("no speech", samples)  silence_timeout reached; it exits
                             ("error", message)   decoding failed; the process exits
 
 ``replay_sample`` is the recognizer's ``open_segment_start`` after those events: where a
@@ -31,6 +33,7 @@ from typing import Any
 
 from decoder_worker.engine import Engine
 from decoder_worker.forking import HEADER, ForkingEngine, fork_process, recv_frame, send_frame
+from decoder_worker.grammar import GrammarError, Restrictable
 from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Recognizer
 
@@ -48,8 +51,16 @@ class SlotDied(Exception):
 # --- the child side: blocking I/O on a plain socket --------------------------------
 
 
-def _serve_one_session(sock: socket.socket, engine: Engine, rules: EndpointRules) -> None:
-    kind, first_segment, offset, interval = recv_frame(sock)
+def _serve_one_session(
+    sock: socket.socket, engine: Engine, rules: EndpointRules, silence_timeout: float = 0.0
+) -> None:
+    msg = recv_frame(sock)
+    if msg[0] == "grammar":
+        if not isinstance(engine, Restrictable):
+            raise GrammarError("Bad grammar: this engine does not support phrase lists")
+        engine.restrict(msg[1])  # this process's copy; every utterance forks from it
+        msg = recv_frame(sock)
+    kind, first_segment, offset, interval = msg
     if kind != "start":
         raise ValueError(f"expected start, got {kind!r}")
     utterances = ForkingEngine(engine)
@@ -64,6 +75,9 @@ def _serve_one_session(sock: socket.socket, engine: Engine, rules: EndpointRules
     # worker can trim the audio stream: report it every REPORT_EVERY_S of audio.
     report_every = int(REPORT_EVERY_S * engine.sample_rate)
     reported = recognizer.samples_received
+    # Measured on the audio received, not on decoder output: a slow speaker's long
+    # pause inside an utterance keeps the segment open and does not count.
+    no_speech_limit = int(silence_timeout * engine.sample_rate)
     try:
         while True:
             msg = recv_frame(sock)
@@ -72,6 +86,9 @@ def _serve_one_session(sock: socket.socket, engine: Engine, rules: EndpointRules
                 if events or recognizer.samples_received - reported >= report_every:
                     send_frame(sock, ("events", events, recognizer.open_segment_start))
                     reported = recognizer.samples_received
+                if no_speech_limit and recognizer.samples_without_speech >= no_speech_limit:
+                    send_frame(sock, ("no speech", recognizer.samples_received))
+                    return
             elif msg[0] in ("end", "abort"):
                 events = recognizer.end() if msg[0] == "end" else []
                 if events:
@@ -123,8 +140,15 @@ class Slot:
         within a moment (hung, or cut off mid-session) is killed.
         """
         self._writer.close()
-        with suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        try:
+            # Closing flushes what is still buffered; a child that stopped reading
+            # (hung, or busy failing its session) would never let that finish.
+            async with asyncio.timeout(_EXIT_GRACE_S):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
+        except (ConnectionError, OSError):
+            pass
         try:
             async with asyncio.timeout(_EXIT_GRACE_S):
                 while True:
@@ -145,9 +169,13 @@ class Slot:
 class DecoderPool:
     """At most ``size`` decoder processes at once, each forked for one session."""
 
-    def __init__(self, engine: Engine, rules: EndpointRules, size: int) -> None:
+    def __init__(
+        self, engine: Engine, rules: EndpointRules, size: int, *, silence_timeout: float = 0.0
+    ) -> None:
         self._engine = engine
         self._rules = rules
+        #: seconds of audio without speech after which a session ends (0: never)
+        self.silence_timeout = silence_timeout
         self.size = size
         self._free = asyncio.Semaphore(size)
         self._live: dict[int, Slot] = {}
@@ -171,7 +199,7 @@ class DecoderPool:
     def _session_main(self, sock: socket.socket) -> None:
         """The session process: decode one session, report a failure to the worker."""
         try:
-            _serve_one_session(sock, self._engine, self._rules)
+            _serve_one_session(sock, self._engine, self._rules, self.silence_timeout)
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass  # the worker went away or dropped the session
         except Exception as exc:

@@ -27,12 +27,19 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from decoder_worker.grammar import GrammarCompiler
+from decoder_worker.model import PreparedModel
+from decoder_worker.postprocess import PostProcessors
 from decoder_worker.session import SessionRun
 from decoder_worker.slots import DecoderPool
 from shared import metrics, redis_client, sessions
@@ -40,6 +47,7 @@ from shared.config import WorkerSettings
 from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, WORKER_TTL_S, Keys
 from shared.metrics import WorkerMetrics
 from shared.sessions import Claim
+from shared.tasks import stop_tasks
 from shared.wire import SessionRequest
 
 log = logging.getLogger(__name__)
@@ -55,8 +63,17 @@ def backoff(failures: int) -> float:
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, pool: DecoderPool, sample_rate: int) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        pool: DecoderPool,
+        sample_rate: int,
+        *,
+        grammars: GrammarCompiler | None = None,
+    ) -> None:
         self.settings = settings
+        #: phrase lists -> grammars for this model (none: every phrase list is refused)
+        self.grammars = grammars or GrammarCompiler(Path("words.txt"), supported=False)
         self.pool = pool
         self.sample_rate = sample_rate
         self.keys = Keys(settings.prefix)
@@ -70,6 +87,9 @@ class Worker:
         self.metrics.slots_total.set(pool.size)
         self._beat_now = asyncio.Event()
         self.stream = self.keys.sessions(settings.model_id)
+        self.post = PostProcessors(
+            settings.post_processor, settings.full_post_processor, settings.post_processor_timeout
+        )
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -100,20 +120,14 @@ class Worker:
             # running sessions get the drain timeout to finish.
             log.info("worker %s stopping: %d sessions running", self.id, len(self._tasks))
             self.draining = True
-            claimer.cancel()
-            with suppress(asyncio.CancelledError):
-                await claimer
+            await stop_tasks(claimer)
             with suppress(Exception):
                 await self.heartbeat_once()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=self.settings.drain_timeout)
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            heartbeat.cancel()
-            with suppress(asyncio.CancelledError):
-                await heartbeat
+            await stop_tasks(*self._tasks, heartbeat)
             await self.pool.close()
+            await self.post.close()
             with suppress(Exception):
                 await self.redis.delete(self.keys.worker(self.id))
                 await self.redis.zrem(self.keys.workers, self.id)
@@ -269,7 +283,27 @@ class Worker:
                 await self.redis.xclaim(self.stream, GROUP, self.id, 0, [run.entry_id], justid=True)
 
 
-async def run(settings: WorkerSettings) -> None:
+def tuned(
+    model: PreparedModel, settings: WorkerSettings, endpoint: Mapping[str, Any]
+) -> PreparedModel:
+    """The model with the decoder settings (``--beam`` …) and endpoint rules (from the
+    YAML file) the operator gave in place of those of its ``model.conf``."""
+    decoder = dict(model.decoder)
+    for name in ("beam", "max_active", "lattice_beam"):
+        value = getattr(settings, name)
+        if value < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must not be negative")
+        if value:
+            decoder[name] = value
+    if decoder.get("max_active", 1) < decoder.get("min_active", 0):
+        raise SystemExit(
+            f"max-active {decoder['max_active']} is below the model's min-active "
+            f"{decoder['min_active']}"
+        )
+    return replace(model, decoder=decoder, endpoint=replace(model.endpoint, **endpoint))
+
+
+async def run(settings: WorkerSettings, endpoint: Mapping[str, Any] | None = None) -> None:
     """The ``ksc worker`` process: prepare and load the model, then serve until SIGTERM."""
     from pathlib import Path
 
@@ -277,12 +311,17 @@ async def run(settings: WorkerSettings) -> None:
     from decoder_worker.model import load_prepared, prepare_model
 
     model = load_prepared(prepare_model(settings.model, cache_dir=Path(settings.cache)))
+    model = tuned(model, settings, endpoint or {})
+    log.info("decoder settings %s, endpoint rules %s", model.decoder, model.endpoint)
     started = time.monotonic()
     engine = KagEngine.load(model)
     log.info("model %s loaded in %.1f s", model.path, time.monotonic() - started)
-    pool = DecoderPool(engine, model.endpoint, settings.slots)
+    pool = DecoderPool(
+        engine, model.endpoint, settings.slots, silence_timeout=settings.silence_timeout
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Worker(settings, pool, model.sample_rate).run(stop)
+    grammars = GrammarCompiler(model.path / "words.txt", supported=model.kind == "lookahead")
+    await Worker(settings, pool, model.sample_rate, grammars=grammars).run(stop)

@@ -18,12 +18,14 @@ from contextlib import asynccontextmanager, suppress
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
-from gateway import http
+from gateway import auth, batch, http
 from gateway import web as web_page
 from gateway.speech import handle_speech
 from gateway.state import GATEWAY, Gateway
+from gateway.vosk import handle_vosk
 from shared import cluster, metrics
 from shared.config import GatewaySettings
+from shared.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 STATUS_INTERVAL_S = 1.0
@@ -59,9 +61,7 @@ async def handle_status(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.ERROR:
                 break
     finally:
-        pusher.cancel()
-        with suppress(asyncio.CancelledError, ConnectionError):
-            await pusher
+        await stop_tasks(pusher)
     return ws
 
 
@@ -91,11 +91,16 @@ async def handle_readyz(request: web.Request) -> web.Response:
 async def handle_cluster(request: web.Request) -> web.Response:
     """``/status``: the ``ksc status --json`` document."""
     gateway = request.app[GATEWAY]
-    return web.json_response(await cluster.snapshot(gateway.redis, gateway.keys))
+    snap = await cluster.snapshot(gateway.redis, gateway.keys)
+    snap["batch"] = await batch.job_counts(request.app)
+    return web.json_response(snap)
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    app = web.Application()
+    # Origin check and authentication for every transport at once (gateway/auth.py).
+    app = web.Application(
+        middlewares=[auth.middleware(gateway.auth, gateway.settings.cors_origins)]
+    )
     app[GATEWAY] = gateway
     app.router.add_get("/client/ws/speech", handle_speech)
     app.router.add_get("/client/ws/status", handle_status)
@@ -103,7 +108,9 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/status", handle_cluster)
     http.add_routes(app)
-    web_page.add_routes(app)
+    batch.add_routes(app)
+    web_page.add_routes(app, upgrade=handle_vosk)  # vosk-server's dialect at / too
+    app.router.add_get("/vosk", handle_vosk)
     app.router.add_get("/metrics", metrics.handler(gateway.metrics.registry))
     return app
 
@@ -113,7 +120,12 @@ async def serve(settings: GatewaySettings) -> AsyncIterator[tuple[Gateway, int]]
     """Run a gateway until the block exits; yields it and the bound port (port 0 works)."""
     gateway = Gateway(settings)
     await gateway.start()
-    runner = web.AppRunner(create_app(gateway), handle_signals=False, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        create_app(gateway),
+        handle_signals=False,
+        shutdown_timeout=5.0,
+        access_log_class=auth.AccessLogger,  # no query strings: they may carry ?token=
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

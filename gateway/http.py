@@ -26,6 +26,14 @@ malformed ``Content-Type`` (status 5)                400   the request itself is
 audio the gateway cannot decode (status 5)           415   RFC 9110: unsupported content,
                                                            by its type or by inspection
 the decoder failed (status 2)                        500   not the client's fault
+the decoder fell behind real time (status 2)         503   overloaded; ``Retry-After``
+no body data for ``idle_timeout``, or the session    408   RFC 9110: request timeout
+ran past ``max_session_seconds`` (status 2)
+a per-key limit is used up (status 6)                429   ``Retry-After`` says when
+no or a wrong credential (auth on)                   401   before the body is read
+unknown ``?model=`` (status 8)                       404   no such model here
+bad ``?phrases=`` list or unknown word (status 7)    400   the request itself is wrong
+no speech for ``silence_timeout`` (status 1)         200   an answer: there was no speech
 ===================================================  ====  ==============================
 
 **References** (:class:`~shared.protocol.Reference`): ``POST`` a UTF-8 text body
@@ -53,11 +61,15 @@ from gateway.state import GATEWAY, Gateway
 from shared.protocol import (
     BadRequest,
     ErrorReply,
+    FellBehind,
+    LimitExceeded,
     NoDecoderAvailable,
     RecognitionReply,
     Reference,
     Status,
+    TimedOut,
     UnsupportedAudio,
+    phrases_param,
     serialize_references,
 )
 
@@ -71,7 +83,10 @@ RETRY_AFTER_S = 5
 MAX_REFERENCE_BYTES = 1024 * 1024
 
 _JSON = "application/json"
-_ALLOW_HEADERS = "Content-Type, Content-Id, Device-Id, User-Id, Accept, Origin, X-Csrftoken"
+_ALLOW_HEADERS = (
+    "Content-Type, Content-Id, Device-Id, User-Id, Accept, Origin, X-Csrftoken, "
+    "Authorization, X-API-Key"
+)
 _PREFLIGHT_MAX_AGE_S = 600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -149,6 +164,7 @@ async def handle_recognize(request: web.Request) -> web.Response:
         transport="http",
         user_id=request.headers.get("Device-Id", ""),
         content_id=request.headers.get("Content-Id", ""),
+        phrases=phrases_param(request.query["phrases"]) if "phrases" in request.query else None,
     )
     core = await SessionRunner(gateway, spec, _body(request), _VerdictSink()).run()
     return _reply(core)
@@ -182,10 +198,24 @@ def _reply(core: ClientSession) -> web.Response:
     if isinstance(error, NoDecoderAvailable) or failure.status is Status.NOT_AVAILABLE:
         code = 503
         headers["Retry-After"] = str(RETRY_AFTER_S)
+    elif isinstance(error, LimitExceeded):
+        code = 429
+        headers["Retry-After"] = str(error.retry_after)
+    elif isinstance(error, FellBehind):
+        code = 503
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    elif isinstance(error, TimedOut):
+        code = 408
     elif isinstance(error, UnsupportedAudio):
         code = 415
     elif isinstance(error, BadRequest) or failure.status is Status.NOT_ALLOWED:
         code = 400
+    elif failure.status is Status.LANGUAGE_NOT_SUPPORTED:
+        code = 404
+    elif failure.status is Status.BAD_GRAMMAR:
+        code = 400  # the client's phrase list
+    elif failure.status is Status.NO_SPEECH:
+        code = 200  # an answer, not an error: the audio held no speech
     else:
         code = 500
     return web.Response(status=code, text=failure.serialize(), content_type=_JSON, headers=headers)

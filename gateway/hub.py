@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from shared import sessions
 from shared.keys import Keys
 from shared.protocol import Status
+from shared.tasks import stop_tasks
 from shared.wire import Claimed, Done, Event, Failed, WireError, parse_event
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,7 @@ class EventHub:
         self._task = asyncio.create_task(self._run(), name="event-hub")
 
     async def close(self) -> None:
-        for task in (self._task, self._reconcile):
-            if task is not None:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._task, self._reconcile)
         self._task = self._reconcile = None
         if self._pubsub is not None:
             await self._pubsub.aclose()

@@ -30,17 +30,31 @@ from typing import Protocol
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.admission import admit
+from gateway.admission import admit, choose_model
 from gateway.audio import AudioInput
+from gateway.auth import PRINCIPAL
+from gateway.limits import REFRESH_S, KeyLimits
 from gateway.session import ClientSession, Outcome, Phase
 from gateway.state import Gateway
-from shared import cluster
-from shared.protocol import Aborted, BadRequest, NoDecoderAvailable, SessionError
+from shared.protocol import (
+    Aborted,
+    BadRequest,
+    FellBehind,
+    LimitExceeded,
+    NoDecoderAvailable,
+    QueuePosition,
+    SessionError,
+    TimedOut,
+    UnknownModel,
+    parse_phrases,
+)
+from shared.tasks import stop_tasks
 from shared.wire import (
     Abort,
     AudioChunk,
     EndOfStream,
     PartialResult,
+    Progress,
     SessionRequest,
     parse_final_fields,
 )
@@ -50,7 +64,15 @@ log = logging.getLogger(__name__)
 _REJECT_REASONS: dict[type[SessionError], str] = {
     NoDecoderAvailable: "no_decoder",
     BadRequest: "bad_input",
+    UnknownModel: "unknown_model",
+    LimitExceeded: "key_limit",
+    TimedOut: "timeout",
+    FellBehind: "decoder_lag",
 }
+#: How often a session's watchdog checks its timeouts and its decoder's lag.
+WATCH_INTERVAL_S = 0.5
+#: Queue-position messages are sent on change, at most this often.
+QUEUE_REPORT_INTERVAL_S = 1.0
 
 
 class Mark(Enum):
@@ -76,6 +98,9 @@ class SessionSpec:
     #: kaldi-gstreamer-server's ``user-id`` (websocket) or ``device-id`` (HTTP)
     user_id: str = ""
     content_id: str = ""
+    #: the client's phrase list as it arrived (decoded JSON, ``None``: dictation); the
+    #: runner validates it with :func:`shared.protocol.parse_phrases` (status 7)
+    phrases: object = None
 
 
 class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -107,6 +132,15 @@ class SessionRunner:
         self.socket = socket
         self._audio_at = 0.0  # when audio last went onto the stream (partial latency)
         self._eos_at = 0.0  # when EOS did (final latency)
+        # Backpressure and timeouts (see _watch): samples put on the stream, samples
+        # the decoder reported taking, and since when we wait for the client (None
+        # while a piece is being handled).
+        self._rate = 16000
+        self._appended = 0
+        self._decoded = 0
+        self._progressed = asyncio.Event()
+        self._reading_since: float | None = None
+        self.limits: KeyLimits | None = None
 
     @property
     def sid(self) -> str:
@@ -156,9 +190,10 @@ class SessionRunner:
     async def _session(self) -> None:
         settings = self.gw.settings
         spec = self.spec
-        model = await cluster.model(self.redis, self.keys, spec.model)
-        if model is None:
-            raise NoDecoderAvailable()
+        model = await choose_model(
+            self.redis, self.keys, spec.model, default=settings.model, allowed=settings.models
+        )
+        phrases = () if spec.phrases is None else parse_phrases(spec.phrases)
         # BadRequest on a malformed content type, before a slot is taken.
         self.audio = AudioInput(spec.content_type, model.sample_rate, label=self.sid[:8])
         self.log.info(
@@ -169,41 +204,67 @@ class SessionRunner:
             spec.user_id,
             spec.content_id,
         )
+        self._rate = model.sample_rate
         events = await self.gw.hub.subscribe(self.sid)
+        keepalive: asyncio.Task[None] | None = None
         try:
+            principal = PRINCIPAL.get()
+            if principal is not None:
+                limits = KeyLimits(self.redis, self.keys, principal, settings.key_audio_period)
+                if limits.active:
+                    await limits.acquire(self.sid)
+                    self.limits = limits
+                    keepalive = asyncio.create_task(self._keep_place(limits))
             queued = time.monotonic()
             claimed = await admit(
                 self.redis,
                 self.keys,
-                SessionRequest(sid=self.sid, model=spec.model, created=time.time()),
+                SessionRequest(
+                    sid=self.sid, model=spec.model, created=time.time(), phrases=phrases
+                ),
                 events,
                 sample_rate=model.sample_rate,
                 wait=settings.admission_wait,
                 claim_timeout=settings.claim_timeout,
+                on_position=(
+                    self._report_position
+                    if settings.queue_messages and spec.transport == "websocket"
+                    else None
+                ),
+                report_interval=QUEUE_REPORT_INTERVAL_S,
             )
             self.gw.metrics.queue_wait.observe(time.monotonic() - queued)
             self.log.info("claimed by %s", claimed.worker)
             self.core.on_event(claimed)
             pump_audio = asyncio.create_task(self._pump_audio(self.audio, model.sample_rate))
             pump_events = asyncio.create_task(self._pump_events(events))
+            watch = asyncio.create_task(self._watch())
             try:
-                done, _ = await asyncio.wait(
-                    (pump_audio, pump_events), return_when=asyncio.FIRST_COMPLETED
-                )
-                if pump_audio in done:
-                    if pump_audio.result():  # raises what ended the session early
-                        await pump_events
-                else:
-                    # The session closed on the worker's side first (done or failed):
-                    # whatever the client still sends is not read.
-                    pump_events.result()
+                running = {pump_audio, pump_events, watch}
+                while True:
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    if watch in done:  # a timeout or the decoder's lag: only ever raises
+                        error = watch.exception()
+                        assert isinstance(error, SessionError), error
+                        await self._append(Abort(str(error)))
+                        raise error
+                    if pump_events in done:
+                        # The session closed on the worker's side (done or failed);
+                        # whatever the client still sends is not read.
+                        pump_events.result()
+                        break
+                    # pump_audio ended: raises what ended the session early; False if
+                    # the client went away; else wait for the last final.
+                    if not pump_audio.result():
+                        break
+                    running.discard(pump_audio)
             finally:
-                for task in (pump_audio, pump_events):
-                    task.cancel()
                 # What ended the session was raised above; the rest is cleanup.
-                await asyncio.gather(pump_audio, pump_events, return_exceptions=True)
+                await stop_tasks(pump_audio, pump_events, watch)
         finally:
             await self.gw.hub.unsubscribe(self.sid)
+            await stop_tasks(keepalive)
+            await self._release_place()
 
     async def _append(self, *entries: AudioChunk | EndOfStream | Abort) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -216,6 +277,9 @@ class SessionRunner:
         if audio_bytes:
             pipe.hincrby(self.keys.meta(self.sid), "audio_bytes", audio_bytes)
         await pipe.execute()
+        self._appended += audio_bytes // 2
+        if self.limits is not None and audio_bytes:
+            await self.limits.account(audio_bytes / 2 / self._rate)
 
     async def _pump_audio(self, audio: AudioInput, rate: int) -> bool:
         """Source pieces -> normalised chunks on the audio stream, until EOS or the end.
@@ -226,7 +290,9 @@ class SessionRunner:
         pending = b""
         try:
             async with aclosing(self.source) as source:
+                self._reading_since = time.monotonic()
                 async for item in source:
+                    self._reading_since = None
                     if item is EOS:
                         self.core.on_eos()
                         self._eos_at = time.monotonic()
@@ -243,7 +309,9 @@ class SessionRunner:
                         cut = len(pending) - len(pending) % chunk
                         pieces = [pending[i : i + chunk] for i in range(0, cut, chunk)]
                         pending = pending[cut:]
+                        await self._room()
                         await self._append(*(AudioChunk(p) for p in pieces))
+                    self._reading_since = time.monotonic()
         except SessionError as exc:
             await self._append(Abort(str(exc)))
             raise
@@ -257,12 +325,20 @@ class SessionRunner:
     async def _pump_events(self, events: asyncio.Queue) -> None:  # type: ignore[type-arg]
         while True:
             event = await events.get()
+            if isinstance(event, Progress):
+                self._decoded = event.samples
+                self._progressed.set()
+                continue
             if isinstance(event, PartialResult) and self._audio_at:
                 self.gw.metrics.partial_latency.observe(time.monotonic() - self._audio_at)
             outcome = self.core.on_event(event)
             if outcome.catch_up:
                 await self._catch_up()
                 outcome = self.core.after_catch_up(event)
+            if outcome.close:
+                # Free the key's place before the client hears the end: a client that
+                # starts its next session at once must find it free.
+                await self._release_place()
             await self.sink.deliver(outcome)
             if outcome.close and self._eos_at:
                 self.gw.metrics.final_latency.observe(time.monotonic() - self._eos_at)
@@ -273,3 +349,70 @@ class SessionRunner:
         """Deliver finals that reached the results stream but not us over pub/sub."""
         for _id, fields in await self.redis.xrange(self.keys.results(self.sid)):
             await self.sink.deliver(self.core.on_event(parse_final_fields(fields)))
+
+    # --- backpressure, timeouts, limits, queue position ------------------------------
+
+    async def _room(self) -> None:
+        """Hold the client back (its socket is not read) while more than
+        ``max_backlog_seconds`` of its audio waits in Redis ahead of the decoder."""
+        limit = self.gw.settings.max_backlog_seconds * self._rate
+        while limit > 0 and self._appended - self._decoded > limit:
+            self._progressed.clear()
+            await self._progressed.wait()
+
+    async def _watch(self) -> None:
+        """Raise :class:`TimedOut` or :class:`FellBehind` when the session must end.
+
+        The decoder's lag is measured against a real-time reader of the same audio: it
+        starts at the claim and reads one second of audio per second, never ahead of
+        what the client has sent. A client uploading faster than real time therefore
+        does not count as lag; a decoder slower than real time, or stopped, does.
+        """
+        settings = self.gw.settings
+        started = last = time.monotonic()
+        reference = 0.0  # samples the real-time reader has read
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            reference = min(float(self._appended), reference + (now - last) * self._rate)
+            last = now
+            if settings.max_session_seconds > 0 and now - started > settings.max_session_seconds:
+                raise TimedOut(
+                    f"Session exceeded the maximum duration of {settings.max_session_seconds:g} s"
+                )
+            waiting = self._reading_since
+            if (
+                settings.idle_timeout > 0
+                and waiting is not None
+                and self.core.phase is Phase.STREAMING
+                and now - waiting > settings.idle_timeout
+            ):
+                raise TimedOut(f"No data received for {settings.idle_timeout:g} s")
+            lag = (reference - self._decoded) / self._rate
+            if settings.max_decoder_lag > 0 and lag > settings.max_decoder_lag:
+                raise FellBehind(
+                    f"Decoder fell {lag:.1f} s behind real time "
+                    f"(limit {settings.max_decoder_lag:g} s): server overloaded"
+                )
+
+    async def _keep_place(self, limits: KeyLimits) -> None:
+        """Refresh this session's place in its key's concurrency count while it lives."""
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            if self.limits is not limits:
+                return  # released already
+            try:
+                await limits.refresh(self.sid)
+            except (RedisError, OSError) as exc:
+                self.log.warning("key limit refresh: %s", exc)
+
+    async def _release_place(self) -> None:
+        limits, self.limits = self.limits, None
+        if limits is not None:
+            with suppress(RedisError, OSError):
+                await limits.release(self.sid)
+
+    async def _report_position(self, position: int) -> None:
+        # Only informative: a client gone meanwhile is noticed when its audio is read.
+        with suppress(ConnectionError):
+            await self.sink.deliver(Outcome([QueuePosition(self.sid, position).serialize()]))

@@ -24,7 +24,7 @@ from shared.protocol import (
     StatusMessage,
     status_for,
 )
-from shared.wire import Claimed, Done, Event, Failed, FinalResult, PartialResult
+from shared.wire import Claimed, Done, Event, Failed, FinalResult, PartialResult, Progress
 
 
 class Phase(Enum):
@@ -103,6 +103,8 @@ class ClientSession:
             status = Status(event.status) if event.status in _CODES else Status.ABORTED
             self.failure = StatusMessage(self.sid, status, event.message)
             return Outcome([self.failure.serialize()], close=True)
+        if isinstance(event, Progress):
+            return Outcome()  # the runner's business (backpressure), not the client's
         if isinstance(event, Done):
             if self.next_segment < event.segments and not self._caught_up:
                 self._caught_up = True
@@ -142,6 +144,8 @@ class ClientSession:
             segment_start=event.start,
             segment_length=event.length,
             total_length=event.total,
+            original_transcript=event.original,
+            processed=event.processed,
         )
         return [message.serialize()]
 

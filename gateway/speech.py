@@ -7,12 +7,16 @@ socket closes when the core says so.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import WSMsgType, web
 
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
 from gateway.session import Outcome
 from gateway.state import GATEWAY
-from shared.protocol import BadRequest, ClientText
+from shared.protocol import BadRequest, ClientText, phrases_param
+
+log = logging.getLogger(__name__)
 
 
 async def handle_speech(request: web.Request) -> web.WebSocketResponse:
@@ -29,6 +33,7 @@ async def handle_speech(request: web.Request) -> web.WebSocketResponse:
         transport="websocket",
         user_id=query.get("user-id", ""),
         content_id=query.get("content-id", ""),
+        phrases=phrases_param(query["phrases"]) if "phrases" in query else None,
     )
     frames = _frames(ws, settings.max_frame_bytes)
     await SessionRunner(gateway, spec, frames, _SocketSink(ws), socket=ws).run()
@@ -54,8 +59,11 @@ class _SocketSink:
         self.ws = ws
 
     async def deliver(self, outcome: Outcome) -> None:
-        for message in outcome.messages:
-            if not self.ws.closed:
-                await self.ws.send_str(message)
-        if outcome.close and not self.ws.closed:
-            await self.ws.close()
+        try:
+            for message in outcome.messages:
+                if not self.ws.closed:
+                    await self.ws.send_str(message)
+            if outcome.close and not self.ws.closed:
+                await self.ws.close()
+        except ConnectionResetError:  # the client is gone: nobody left to tell
+            log.debug("client gone before %d message(s)", len(outcome.messages))

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
 
+from gateway.auth import Authenticator
 from gateway.hub import EventHub
 from shared import cluster, redis_client
 from shared.config import GatewaySettings
@@ -30,6 +31,8 @@ class Gateway:
         self.sessions: dict[str, web.WebSocketResponse | None] = {}
         self.ready = False
         self.metrics = GatewayMetrics()
+        #: ``None`` when authentication is off (see :mod:`gateway.auth`)
+        self.auth = Authenticator.from_settings(settings)
 
     @contextmanager
     def track(self, sid: str, ws: web.WebSocketResponse | None = None) -> Iterator[None]:

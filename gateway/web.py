@@ -118,11 +118,34 @@ def _handler(asset: Asset) -> Handler:
     return handle
 
 
-def add_routes(app: web.Application, root: Path = WEB_ROOT) -> None:
-    """Serve ``root`` at ``/``; without it (or its ``index.html``) the page is off."""
+def add_routes(
+    app: web.Application, root: Path = WEB_ROOT, *, upgrade: Handler | None = None
+) -> None:
+    """Serve ``root`` at ``/``; without it (or its ``index.html``) the page is off.
+
+    ``upgrade`` answers websocket upgrades of ``/`` (vosk clients connect there), so one
+    route serves both: a browser's ``GET /`` gets the page, a websocket the dialect.
+    """
     assets = load_assets(root) if root.is_dir() else {}
     if "/" not in assets:
         log.warning("no web page: %s has no index.html", root)
-        return
     for path, asset in assets.items():
-        app.router.add_get(path, _handler(asset))
+        handler = _handler(asset)
+        if path == "/" and upgrade is not None:
+            handler = _or_upgrade(upgrade, handler)
+        app.router.add_get(path, handler)
+    if "/" not in assets and upgrade is not None:
+        app.router.add_get("/", _or_upgrade(upgrade, _not_found))
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
+
+
+def _or_upgrade(upgrade: Handler, page: Handler) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if web.WebSocketResponse().can_prepare(request).ok:
+            return await upgrade(request)
+        return await page(request)
+
+    return handle

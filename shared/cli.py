@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from shared import config
-from shared.config import CommonSettings, GatewaySettings, UpSettings, WorkerSettings
+from shared.config import (
+    BatchWorkerSettings,
+    CommonSettings,
+    GatewaySettings,
+    UpSettings,
+    WorkerSettings,
+)
 
 
 def _setup_logging(level: str) -> None:
@@ -53,10 +59,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _need_worker_extra()
     from decoder_worker import worker
 
-    settings = config.build(WorkerSettings, args, os.environ)
-    _setup_logging(settings.log_level)
-    asyncio.run(worker.run(settings))
+    settings, endpoint = _worker_settings(args)
+    asyncio.run(worker.run(settings, endpoint))
     return 0
+
+
+def _worker_settings(args: argparse.Namespace) -> tuple[WorkerSettings, dict[str, Any]]:
+    """Flags, else environment, else the ``--config`` YAML file, else defaults; the
+    file's endpoint-rule settings come back separately. Configures logging."""
+    from shared import worker_config
+
+    settings = config.build(WorkerSettings, args, os.environ)
+    loaded = worker_config.WorkerFile()
+    if settings.config:
+        try:
+            loaded = worker_config.load(settings.config)
+        except worker_config.WorkerConfigError as exc:
+            raise SystemExit(f"bad worker configuration: {exc}") from None
+        settings = config.build(WorkerSettings, args, os.environ, loaded.settings)
+    _setup_logging(settings.log_level)
+    for line in loaded.ignored:
+        logging.getLogger("shared.worker_config").info("%s: %s", settings.config, line)
+    return settings, loaded.endpoint
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -66,6 +90,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = config.build(UpSettings, args, os.environ)
     _setup_logging(settings.log_level)
     return up.run(settings)
+
+
+def cmd_batch_worker(args: argparse.Namespace) -> int:
+    from shared import batch
+
+    settings = config.build(BatchWorkerSettings, args, os.environ)
+    _setup_logging(settings.log_level)
+    return batch.run_worker(settings)
 
 
 def cmd_model_prepare(args: argparse.Namespace) -> int:
@@ -90,7 +122,27 @@ def _status_from_redis(settings: CommonSettings) -> dict[str, Any]:
         finally:
             await redis.aclose()
 
-    return asyncio.run(fetch())
+    snap = asyncio.run(fetch())
+    snap["batch"] = _batch_counts(settings)
+    return snap
+
+
+def _batch_counts(settings: CommonSettings) -> dict[str, int] | None:
+    """Batch jobs by state (rq's queue and registries); None if they cannot be read."""
+    from redis.exceptions import RedisError
+
+    from shared import batch
+    from shared.keys import Keys
+    from shared.redis_client import RedisURLError
+
+    try:
+        connection = batch.connect_sync(settings.redis_url)
+        try:
+            return batch.counts(connection, Keys(settings.prefix))
+        finally:
+            connection.close()
+    except (RedisError, OSError, RedisURLError):
+        return None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -131,6 +183,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for s in snap["sessions"]
     ]
     _table(rows)
+    jobs = snap.get("batch")
+    if jobs is not None:
+        print("\nbatch jobs: " + "   ".join(f"{state} {jobs.get(state, 0)}" for state in jobs))
     p = settings.prefix
     print(
         "\nthe same raw data with redis-cli:\n"
@@ -138,7 +193,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"  XPENDING {p}:sessions:MODEL decoders    # which worker has which session\n"
         f"  HGETALL {p}:worker:WORKER_ID            # a worker's heartbeat\n"
         f"  HGETALL '{p}:{{SESSION_ID}}:meta'         # a session's record\n"
-        f"  XRANGE '{p}:{{SESSION_ID}}:results' - +   # its finals"
+        f"  XRANGE '{p}:{{SESSION_ID}}:results' - +   # its finals\n"
+        f"batch jobs with rq:\n"
+        f"  rq info --url REDIS_URL {p}-batch       # queue and rq workers\n"
+        f"  HGETALL rq:job:JOB_ID                   # a batch job (JSON fields)"
     )
     return 0
 
@@ -152,6 +210,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from shared import transcribe
 
+    if args.batch:
+        return transcribe.run_batch(args.files, args.url, args.format, args.output)
     return transcribe.run(args.files, args.url, args.format, args.output, args.realtime)
 
 
@@ -210,7 +270,11 @@ def parser() -> argparse.ArgumentParser:
     config.add_arguments(p, WorkerSettings)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("status", help="show workers and live sessions")
+    p = sub.add_parser("batch-worker", help="run batch transcription jobs (rq) on the cluster")
+    config.add_arguments(p, BatchWorkerSettings)
+    p.set_defaults(func=cmd_batch_worker)
+
+    p = sub.add_parser("status", help="show workers, live sessions and batch jobs")
     config.add_arguments(p, CommonSettings)
     p.add_argument("--url", help="ask a gateway (http://HOST:PORT) instead of Redis")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -230,6 +294,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         dest="realtime",
         help="send as fast as the server takes it (default)",
+    )
+    pace.add_argument(
+        "--batch",
+        action="store_true",
+        help="submit each file as a batch job (POST /v1/transcriptions) and poll for it",
     )
     p.add_argument("--format", choices=["text", "json", "srt", "vtt"], default="text")
     p.add_argument("-o", "--output", help="output file (one input) or directory; default stdout")

@@ -17,6 +17,8 @@ from urllib.parse import urlencode
 
 import websockets
 
+from shared.tasks import stop_tasks
+
 
 @dataclass
 class Transcript:
@@ -79,11 +81,7 @@ async def stream(
                 if on_message is not None:
                     on_message(message)
         finally:
-            sender.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, websockets.ConnectionClosed):
-                pass
+            await stop_tasks(sender)
         result.close_code = ws.close_code
     return result
 

@@ -6,6 +6,7 @@ Used by the gateway (admission, readiness, ``/client/ws/status``) and by ``ksc s
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,6 +15,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared.keys import GROUP, WORKER_TTL_S, Keys
+
+#: What a model id may look like: a name, never a path.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ async def model(redis: Redis, keys: Keys, model_id: str) -> ModelInfo | None:
         return None
     info = json.loads(raw)
     return ModelInfo(id=model_id, sample_rate=int(info["sample_rate"]))
+
+
+async def served_models(redis: Redis, keys: Keys) -> set[str]:
+    """Model ids that at least one live worker serves."""
+    return {m for w in await workers(redis, keys) for m in w.models}
 
 
 async def queued(redis: Redis, keys: Keys, model_id: str) -> int:

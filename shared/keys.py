@@ -19,6 +19,10 @@ key                        type        purpose
 ``P:live``                 zset        live session ids scored by creation time
 ``P:stats``                hash        counters: requests processed, rejects by reason
 ``P:references``           hash        reference texts by content id (no expiry)
+``P:key:{name}:sessions``  zset        an API key's live sessions, scored by expiry (ms)
+``P:key:{name}:audio:<w>`` string      audio seconds an API key sent in period ``w``
+``P:batch:<id>:audio``     string      a batch job's upload, until the job ends
+``rq:queue:P-batch``       rq          batch jobs (``rq info``), ``rq:job:<id>`` each
 =========================  ==========  ===================================================
 """
 
@@ -35,6 +39,8 @@ WORKER_TTL_S = 10
 HEARTBEAT_INTERVAL_S = 1.0
 #: Session keys expire this long after the session ended (results stay readable).
 SESSION_TTL_S = 600
+#: An uploaded batch file not picked up by a job within this long is dropped.
+BATCH_AUDIO_TTL_S = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,23 @@ class Keys:
     def references(self) -> str:
         """Reference transcripts posted to ``/client/dynamic/reference``."""
         return f"{self.prefix}:references"
+
+    @property
+    def batch_queue(self) -> str:
+        """The rq queue of batch jobs (rq keeps it as ``rq:queue:<name>``)."""
+        return f"{self.prefix}-batch"
+
+    def batch_audio(self, job_id: str) -> str:
+        """A batch job's uploaded audio, deleted when the job ends."""
+        return f"{self.prefix}:batch:{job_id}:audio"
+
+    def key_sessions(self, name: str) -> str:
+        """Live sessions of one API key (zset: sid scored by expiry, Redis time, ms)."""
+        return f"{self.prefix}:key:{{{name}}}:sessions"
+
+    def key_audio(self, name: str, window: int) -> str:
+        """Audio seconds one API key sent in one period (a float string with a TTL)."""
+        return f"{self.prefix}:key:{{{name}}}:audio:{window}"
 
     def session_keys(self, sid: str) -> tuple[str, ...]:
         """The keys that expire together when a session ends."""

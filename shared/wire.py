@@ -35,9 +35,15 @@ class SessionRequest:
     sid: str
     model: str
     created: float
+    #: Restrict recognition to these phrases (normalised by the gateway); empty means
+    #: dictation. Absent from the entry when empty, so older workers read it unchanged.
+    phrases: tuple[str, ...] = ()
 
     def serialize(self) -> dict[str, str]:
-        return {"sid": self.sid, "model": self.model, "created": repr(self.created)}
+        fields = {"sid": self.sid, "model": self.model, "created": repr(self.created)}
+        if self.phrases:
+            fields["phrases"] = json.dumps(list(self.phrases), ensure_ascii=False)
+        return fields
 
     @classmethod
     def parse(cls, fields: Mapping[bytes, bytes]) -> SessionRequest:
@@ -45,7 +51,18 @@ class SessionRequest:
             created = float(_text(fields, "created"))
         except ValueError as exc:
             raise WireError("bad created time") from exc
-        return cls(sid=_text(fields, "sid"), model=_text(fields, "model"), created=created)
+        phrases: tuple[str, ...] = ()
+        if b"phrases" in fields:
+            try:
+                raw = json.loads(_text(fields, "phrases"))
+            except ValueError as exc:
+                raise WireError("bad phrases field") from exc
+            if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+                raise WireError("bad phrases field")
+            phrases = tuple(raw)
+        return cls(
+            sid=_text(fields, "sid"), model=_text(fields, "model"), created=created, phrases=phrases
+        )
 
 
 # --- a session's audio stream ---------------------------------------------------------
@@ -121,6 +138,10 @@ class FinalResult:
     start: float
     length: float
     total: float
+    #: the transcript before the line post-processor ran ("" when none did)
+    original: str = ""
+    #: the client message as the full post-processor returned it (``None``: none ran)
+    processed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,9 +162,20 @@ class Done:
     total: float
 
 
-Event = Claimed | PartialResult | FinalResult | Failed | Done
+@dataclass(frozen=True)
+class Progress:
+    """How far the decoder has got: ``samples`` (absolute, from the start of the stream)
+    handed to the session's decoder process. Published every second of audio or so; the
+    gateway ends a session whose decoder falls too far behind real time with it, and
+    holds back a client that sends faster than the decoder reads."""
+
+    type: ClassVar[str] = "progress"
+    samples: int
+
+
+Event = Claimed | PartialResult | FinalResult | Failed | Done | Progress
 _EVENT_TYPES: dict[str, type[Any]] = {
-    cls.type: cls for cls in (Claimed, PartialResult, FinalResult, Failed, Done)
+    cls.type: cls for cls in (Claimed, PartialResult, FinalResult, Failed, Done, Progress)
 }
 
 

@@ -37,6 +37,10 @@ function el(tag, className, text) {
 function socketUrl(path, params = {}) {
   const url = new URL(path, document.baseURI);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  // Browsers cannot set headers on a websocket: the page's own ?token= (API key or
+  // signed token, when the gateway requires one) goes on in the query.
+  const token = new URLSearchParams(window.location.search).get("token");
+  if (token) params = { ...params, token };
   // encodeURIComponent: spaces as %20, never "+", for the caps string.
   url.search = Object.entries(params)
     .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)

@@ -1,6 +1,9 @@
-"""The README's configuration table is the settings classes' own description."""
+"""The README agrees with the code: its settings tables, its opening, its compatibility
+table's tests."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -20,3 +23,27 @@ def test_readme_opens_with_the_two_commands() -> None:
     lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     block = lines[lines.index("```sh") + 1 : lines.index("```sh") + 3]
     assert [line.split()[0:2] for line in block] == [["make", "up"], ["make", "test"]]
+
+
+def test_every_compatibility_row_names_a_test_that_exists() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Compatibility") : readme.index("## Deploy on Kubernetes")]
+    rows = [line for line in section.splitlines() if line.startswith("|") and "---" not in line]
+    named = 0
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if cells[1] == "status":
+            continue
+        refs = re.findall(r"`([\w/]+\.py)::(\w+)`", cells[-1])
+        if cells[1] in {"supported", "differs", "supported, differs", "added"}:
+            assert refs, f"no test named for: {cells[0]}"
+        for file, name in refs:
+            matches = [
+                p for p in (REPO / "tests").rglob("*.py") if p.as_posix().endswith(f"/{file}")
+            ]
+            assert len(matches) == 1, f"{file}: {matches}"
+            assert re.search(rf"^(?:async )?def {name}\(", matches[0].read_text(), re.M), (
+                f"{file}::{name} does not exist"
+            )
+            named += 1
+    assert named >= 40
