@@ -8,14 +8,18 @@ Fork model: a worker loads one :class:`KagEngine` in its parent process and fork
 children that each decode with their inherited copy. The model (FSTs, acoustic model,
 i-vector extractor) is read-only after load, so its pages stay shared between children
 copy-on-write; only per-utterance decoder state is private. :meth:`KagEngine.load`
-decodes a moment of silence before returning so the lazily built decode graph exists
-before the fork and is shared too. KaG starts no threads of its own, which is what
-makes forking after load safe.
+decodes the bundled sample utterance before returning, so the part of the lazily
+expanded lookahead graph that speech reaches already exists before the fork and is
+shared too: every utterance still starts from the same state, at about three quarters
+of the CPU a never-used template costs (``docs/performance.md``). KaG starts no
+threads of its own, which is what makes forking after load safe.
 """
 
 from __future__ import annotations
 
 import re
+import wave
+from importlib import resources
 from typing import Any, Protocol
 
 from decoder_worker.model import DICTATION_FST, ModelError, PreparedModel
@@ -24,6 +28,9 @@ __all__ = ["BLOCK_MS", "Engine", "KagEngine", "clean_text"]
 
 _NONTERM = re.compile(r"#nonterm:\S*")
 _DICTATION_GRAMMAR = "0 1 #nonterm:dictation #nonterm:dictation\n1\n"
+
+#: Decoded once by :meth:`KagEngine.load` before any fork (in ``shared/samples``).
+WARMUP_SAMPLE = "ko-sample.wav"
 
 #: Audio reaches KaG in blocks of this length (see :meth:`KagEngine.accept`); it bounds
 #: how far a partial can lag behind the audio received.
@@ -52,6 +59,14 @@ class Engine(Protocol):
 def clean_text(raw: str) -> str:
     """Drop KaG's nonterminal markers and collapse whitespace."""
     return " ".join(_NONTERM.sub(" ", raw).split())
+
+
+def _warmup_pcm() -> bytes:
+    """The bundled Korean sample (16 kHz mono S16LE, KaG's only rate): any speech
+    expands the shared part of the graph, which is most of what a first utterance pays."""
+    with resources.as_file(resources.files("shared") / "samples" / WARMUP_SAMPLE) as path:
+        with wave.open(str(path)) as wav:
+            return bytes(wav.readframes(wav.getnframes()))
 
 
 class KagEngine:
@@ -111,7 +126,7 @@ class KagEngine:
         except (kag.KaldiError, OSError) as exc:
             raise ModelError(f"{path}: kaldi-active-grammar cannot load it: {exc}") from exc
         engine = cls(decoder, lookahead=model.kind == "lookahead", sample_rate=model.sample_rate)
-        engine.accept(bytes(2 * model.sample_rate // 5))
+        engine.accept(_warmup_pcm())
         engine.finish()
         return engine
 
