@@ -14,17 +14,27 @@ from aiohttp import WSMsgType, web
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
 from gateway.session import Outcome
 from gateway.state import GATEWAY
+from shared.config import GatewaySettings
 from shared.protocol import BadRequest, ClientText, phrases_param
 
 log = logging.getLogger(__name__)
 
 
+def audio_socket(settings: GatewaySettings) -> web.WebSocketResponse:
+    """The websocket for a stream of audio frames, for both dialects."""
+    # aiohttp closes with 1009 on a frame of ``max_msg_size`` bytes or more; two bytes
+    # over our limit let a frame one byte too long get a status message first. No
+    # permessage-deflate: PCM barely compresses, and inflating it was a fifth of the
+    # gateway's CPU under load (docs/performance.md).
+    return web.WebSocketResponse(
+        max_msg_size=settings.max_frame_bytes + 2, autoping=True, compress=False
+    )
+
+
 async def handle_speech(request: web.Request) -> web.WebSocketResponse:
     gateway = request.app[GATEWAY]
     settings = gateway.settings
-    # aiohttp refuses larger frames itself (close 1009); one byte more than our limit
-    # lets us answer an oversized frame with a status message first.
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 1, autoping=True)
+    ws = audio_socket(settings)
     await ws.prepare(request)
     query = request.query
     spec = SessionSpec(

@@ -41,6 +41,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
 from gateway.session import ClientSession, Outcome
+from gateway.speech import audio_socket
 from gateway.state import GATEWAY
 from shared.protocol import BadRequest, Status
 
@@ -190,7 +191,7 @@ async def _fail(ws: web.WebSocketResponse, reply: str, status: Status) -> None:
 async def handle_vosk(request: web.Request) -> web.WebSocketResponse:
     gateway = request.app[GATEWAY]
     settings = gateway.settings
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes + 1, autoping=True)
+    ws = audio_socket(settings)
     await ws.prepare(request)
     config = VoskConfig()
     first: bytes | None = None

@@ -257,3 +257,11 @@ async def test_silence_does_not_pile_up_in_redis(running: Cluster) -> None:
         await ws.send("EOS")
         messages = [json.loads(m) async for m in ws]
     assert messages == [] and ws.close_code == 1000  # no speech: no result, a clean close
+
+
+async def test_permessage_deflate_is_declined(empty_gateway: Cluster) -> None:
+    """Clients offering compression (websockets and browsers do) get plain frames."""
+    for path in ("/client/ws/speech", "/vosk"):
+        async with websockets.connect(empty_gateway.ws + path, compression="deflate") as ws:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
