@@ -6,17 +6,16 @@ import contextlib
 import math
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from benchmarks.cluster import wait_ready
-from shared.up import free_port
+from shared.up import LocalRedis, free_port
 
 #: GStreamer caps of what the benchmarks send: the test clips' PCM as it is.
 RAW_CAPS = (
@@ -39,30 +38,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A private redis-server without persistence; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: run `make setup`")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop(proc)
+    with tempfile.TemporaryDirectory(prefix="ksc-bench-redis-") as data:
+        server = LocalRedis(Path(data), persistent=False)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 30) -> None:

@@ -40,7 +40,10 @@ def direct(engine: Any, rules: Any, clips: list[bytes], n: int) -> dict[str, Any
     t0 = time.monotonic()
     with ctx.Pool(n) as pool:
         texts = pool.map(_decode_one, range(len(clips)), chunksize=1)
-    wall = time.monotonic() - t0
+    return _throughput(time.monotonic() - t0, clips, texts)
+
+
+def _throughput(wall: float, clips: list[bytes], texts: list[str]) -> dict[str, Any]:
     audio = sum(len(c) for c in clips) / 32000
     return {
         "wall_s": round(wall, 2),
@@ -71,14 +74,7 @@ async def _through_cluster(ws: str, clips: list[bytes], n: int) -> list[str]:
 def through_cluster(ws: str, clips: list[bytes], n: int) -> dict[str, Any]:
     t0 = time.monotonic()
     texts = asyncio.run(_through_cluster(ws, clips, n))
-    wall = time.monotonic() - t0
-    audio = sum(len(c) for c in clips) / 32000
-    return {
-        "wall_s": round(wall, 2),
-        "audio_s": round(audio, 2),
-        "throughput": audio / wall,
-        "texts": texts,
-    }
+    return _throughput(time.monotonic() - t0, clips, texts)
 
 
 def finalize_ms(engine: Any, clips: list[bytes]) -> list[float]:

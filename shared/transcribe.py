@@ -116,10 +116,8 @@ def run(files: list[str], url: str, fmt: str, out: str | None, realtime: bool) -
     err = sys.stderr
     code = EXIT_OK
     for name in files:
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=err)
+        data = _read(name, err)
+        if data is None:
             code = max(code, EXIT_BAD_FILE)
             continue
         try:
@@ -140,6 +138,15 @@ def run(files: list[str], url: str, fmt: str, out: str | None, realtime: bool) -
             target.write_text(text, encoding="utf-8")
             print(f"{name} -> {target}", file=err)
     return code
+
+
+def _read(name: str, err: TextIO) -> bytes | None:
+    """The file's bytes, or ``None`` after saying why it cannot be read."""
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        print(f"{name}: cannot read: {exc.strerror}", file=err)
+        return None
 
 
 def _output(out: str | None, name: str, fmt: str, *, many: bool) -> Path | None:
@@ -164,10 +171,8 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
     code = EXIT_OK
     jobs: list[tuple[str, str]] = []
     for name in files:
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=err)
+        data = _read(name, err)
+        if data is None:
             code = max(code, EXIT_BAD_FILE)
             continue
         try:

@@ -93,15 +93,21 @@ class Child:
 
 @dataclass
 class LocalRedis:
-    """A private redis-server with AOF persistence under the cache directory."""
+    """A private redis-server on loopback, its files in ``data_dir``: with AOF
+    persistence (``ksc up``'s), or none (tests and benchmarks)."""
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    persistent: bool = True
+
+    @property
+    def base_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{self.base_url}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -120,7 +126,7 @@ class LocalRedis:
                 "--dir",
                 str(self.data_dir),
                 "--appendonly",
-                "yes",
+                "yes" if self.persistent else "no",
                 "--save",
                 "",
                 "--daemonize",
@@ -140,6 +146,7 @@ class LocalRedis:
                 if s.recv(16).startswith(b"+PONG"):
                     return
             time.sleep(0.05)
+        self.stop()
         raise SystemExit(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:

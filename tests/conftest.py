@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from shared.up import LocalRedis
 
 UNIT = float(os.environ.get("KSC_TEST_TIMEOUT_SCALE", "1")) * 1.0
 REPO = Path(__file__).resolve().parents[1]
@@ -24,40 +23,13 @@ TESTDATA = REPO.parent / "shared" / "testdata" / "ko"
 CACHE = Path(os.environ.get("KSC_CACHE") or Path.home() / ".cache" / "kaldi-stream-cluster")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free port; yields its base URL (no database number)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make setup`")
-    port = free_port()
-    data = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(data)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10 * UNIT
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    server = LocalRedis(tmp_path_factory.mktemp("redis"), persistent=False)
+    server.start()
+    yield server.base_url
+    server.stop()
 
 
 @pytest.fixture

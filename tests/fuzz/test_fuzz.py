@@ -26,7 +26,8 @@ from redis.asyncio import Redis
 from benchmarks.fuzz import RAW, Target, gateway_memory, idle_connections, run_corpus
 from shared.client import speech_url, stream
 from shared.keys import Keys
-from tests.conftest import UNIT, free_port
+from shared.up import free_port
+from tests.conftest import UNIT
 from tests.integration.conftest import start_worker, wait_for_workers
 from tests.integration.test_failover import SENTENCES
 

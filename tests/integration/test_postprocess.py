@@ -17,8 +17,8 @@ from gateway.app import serve
 from shared.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.integration.conftest import Cluster, wait_for_workers
-from tests.integration.test_models import start_worker_with, stop
+from tests.integration.conftest import Cluster, start_worker, wait_for_workers
+from tests.integration.test_models import stop
 
 PREFIX = "post"
 KEYS = Keys(PREFIX)
@@ -67,25 +67,29 @@ async def post_cluster(
     python = sys.executable
     url = f"{redis_server}/0"
     procs = {
-        "line-1": start_worker_with(
+        "line-1": start_worker(
             url,
             "line-1",
-            PREFIX,
-            "--model-id",
-            "ko",
-            "--post-processor",
-            f"{python} {folder / 'line.py'} {mode}",
-            "--post-processor-timeout",
-            "1",
+            prefix=PREFIX,
+            extra=[
+                "--model-id",
+                "ko",
+                "--post-processor",
+                f"{python} {folder / 'line.py'} {mode}",
+                "--post-processor-timeout",
+                "1",
+            ],
         ),
-        "full-1": start_worker_with(
+        "full-1": start_worker(
             url,
             "full-1",
-            PREFIX,
-            "--model-id",
-            "ko-full",
-            "--full-post-processor",
-            f"{python} {folder / 'full.py'}",
+            prefix=PREFIX,
+            extra=[
+                "--model-id",
+                "ko-full",
+                "--full-post-processor",
+                f"{python} {folder / 'full.py'}",
+            ],
         ),
     }
     try:

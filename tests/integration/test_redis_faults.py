@@ -31,7 +31,8 @@ from shared import cluster, redis_client, sessions
 from shared.client import Transcript, speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT, free_port
+from shared.up import free_port
+from tests.conftest import UNIT
 from tests.integration.conftest import start_worker, wait_for_workers
 from tests.integration.test_failover import SENTENCES, finals, run_session
 from tests.integration.test_speech import SENTENCE, assert_well_formed

@@ -17,8 +17,8 @@ from gateway.app import serve
 from shared.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.integration.conftest import Cluster, wait_for_workers
-from tests.integration.test_models import pcm_of, start_worker_with, stop
+from tests.integration.conftest import Cluster, start_worker, wait_for_workers
+from tests.integration.test_models import pcm_of, stop
 
 PREFIX = "silence"
 KEYS = Keys(PREFIX)
@@ -38,7 +38,9 @@ async def quiet_cluster(
         "decoder:\n  nnet-mode: 3\n  num-nbest: 1\n"
     )
     url = f"{redis_server}/0"
-    proc = start_worker_with(url, "quiet-1", PREFIX, "--model-id", "ko", "--config", str(config))
+    proc = start_worker(
+        url, "quiet-1", prefix=PREFIX, extra=["--model-id", "ko", "--config", str(config)]
+    )
     try:
         redis = Redis.from_url(url)
         await wait_for_workers(redis, KEYS, 1)

@@ -27,7 +27,8 @@ from shared import cluster
 from shared.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT, free_port
+from shared.up import free_port
+from tests.conftest import UNIT
 from tests.integration.conftest import PREFIX, Cluster, start_worker, wait_for_workers
 
 SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import CACHE, UNIT, free_port
+from shared.up import free_port
+from tests.conftest import UNIT
+from tests.integration.conftest import start_up
 
 
 def status(port: int) -> dict | None:  # type: ignore[type-arg]
@@ -37,32 +37,7 @@ def wait_for_worker(port: int, not_pid: int = 0, limit: float = 90 * UNIT) -> in
 
 def test_dead_and_hung_workers_are_replaced(redis_server: str, prepared_model: object) -> None:
     port = free_port()
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shared.cli",
-            "up",
-            "--redis-url",
-            f"{redis_server}/0",
-            "--prefix",
-            "uptest",
-            "--workers",
-            "1",
-            "--slots",
-            "1",
-            "--port",
-            str(port),
-            "--sample",
-            "false",
-            "--cache",
-            str(CACHE),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    up = start_up(f"{redis_server}/0", "uptest", port)
     try:
         assert up.stdout is not None
         for line in up.stdout:  # ready, serving, and supervising
