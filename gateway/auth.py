@@ -289,10 +289,17 @@ def middleware(authenticator: Authenticator | None, cors_origins: str) -> Middle
     return check
 
 
+#: Probe paths: polled every few seconds by Kubernetes and ``ksc up``; not logged.
+PROBES = frozenset({"/healthz", "/readyz"})
+
+
 class AccessLogger(AbstractAccessLogger):
-    """aiohttp's access log without query strings, which may carry ``?token=``."""
+    """aiohttp's access log without query strings, which may carry ``?token=``, and
+    without the probes, which would drown everything else."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in PROBES:
+            return
         self.logger.info(
             '%s "%s %s" %d %.3f s',
             request.remote,

@@ -120,3 +120,19 @@ def test_off_unless_configured_and_short_secrets_refused(tmp_path) -> None:  # t
     keys.write_text(f"{KEY_A} alice\n")
     auth = Authenticator.from_settings(GatewaySettings(api_keys=str(keys), key_max_sessions=3))
     assert auth is not None and auth.authenticate(KEY_A) == Principal("alice", 3, 0)
+
+
+def test_access_log_drops_tokens_and_probes(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.auth import AccessLogger
+
+    logger = logging.getLogger("test.access")
+    access = AccessLogger(logger, "")
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        for path in ("/client/ws/speech?token=SECRET", "/readyz", "/healthz"):
+            access.log(make_mocked_request("GET", path), web.Response(status=200), 0.01)
+    assert [r.getMessage() for r in caplog.records] == ['None "GET /client/ws/speech" 200 0.010 s']
