@@ -285,7 +285,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         default=os.environ.get("KSC_URL", "ws://127.0.0.1:8888"),
-        help="gateway base URL [env KSC_URL]",
+        help="gateway base URL, ws:// or http:// [env KSC_URL]",
     )
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="pace the upload in real time")

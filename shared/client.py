@@ -40,9 +40,19 @@ class Transcript:
         return next((c for c in reversed(codes) if c != 0), 0)
 
 
+def ws_base(url: str) -> str:
+    """``http://host:port`` (what a browser shows) -> ``ws://host:port``; https -> wss."""
+    url = url.rstrip("/")
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if url.startswith(http):
+            return ws + url[len(http) :]
+    return url
+
+
 def speech_url(base: str, content_type: str = "", **params: str) -> str:
+    """The speech websocket of the gateway at ``base`` (ws://, wss://, http:// or https://)."""
     query = urlencode({"content-type": content_type, **params})
-    return f"{base.rstrip('/')}/client/ws/speech?{query}"
+    return f"{ws_base(base)}/client/ws/speech?{query}"
 
 
 async def stream(

@@ -15,6 +15,7 @@ status; 3 the server could not be reached; 4 a file could not be read.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import av
 import websockets
 from tqdm import tqdm
 
@@ -29,6 +31,9 @@ from shared.client import Transcript, speech_url, stream
 
 EXIT_OK, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_BAD_FILE = 0, 1, 3, 4
 FORMATS = ("text", "json", "srt", "vtt")
+_AUDIO_BAR = (
+    "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}{postfix}]"
+)
 
 
 @dataclass(frozen=True)
@@ -83,28 +88,50 @@ def render(result: Transcript, fmt: str, name: str = "") -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def audio_seconds(data: bytes) -> float | None:
+    """How long the audio is, if its container says (WAV, FLAC, MP3, OGG, WebM with
+    durations); ``None`` for raw PCM, live-style WebM and anything unreadable."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if container.duration:
+                return float(container.duration / av.time_base)
+    except (av.FFmpegError, ValueError, OSError):
+        pass
+    return None
+
+
 def _transcribe_one(url: str, data: bytes, name: str, realtime: bool, err: TextIO) -> Transcript:
-    bar = tqdm(
-        total=len(data),
-        unit="B",
-        unit_scale=True,
-        desc=name[-30:],
-        file=err,
-        disable=not err.isatty(),
-        leave=False,
+    """One file over the speech websocket. On a terminal, a progress bar: over the
+    decoded audio when the file says how long it is, else over the bytes sent; with the
+    elapsed time and how many times faster than real time the audio is decoded."""
+    duration = audio_seconds(data)
+    bar_options: dict[str, Any] = (
+        {"total": round(duration, 1), "unit": " audio s", "bar_format": _AUDIO_BAR}
+        if duration
+        else {"total": len(data), "unit": "B", "unit_scale": True}
     )
+    bar = tqdm(desc=name[-30:], file=err, disable=not err.isatty(), leave=False, **bar_options)
     started = time.monotonic()
 
     def on_message(message: dict[str, Any]) -> None:
         if message.get("result", {}).get("final"):
             audio = float(message.get("total-length", 0.0))
             elapsed = max(time.monotonic() - started, 1e-6)
-            bar.set_postfix_str(f"audio {audio:.1f} s, {audio / elapsed:.1f}x real time")
+            speed = f"{audio / elapsed:.1f}x real time"
+            if duration:
+                bar.set_postfix_str(speed, refresh=False)
+                bar.update(round(min(audio, duration), 1) - bar.n)
+            else:
+                bar.set_postfix_str(f"audio {audio:.1f} s, {speed}")
 
     try:
         return asyncio.run(
             stream(
-                speech_url(url), data, realtime=realtime, on_sent=bar.update, on_message=on_message
+                speech_url(url),
+                data,
+                realtime=realtime,
+                on_sent=None if duration else bar.update,
+                on_message=on_message,
             )
         )
     finally:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from shared.client import Transcript
+import pytest
+
+from shared.client import Transcript, speech_url
 from shared.transcribe import render
 
 
@@ -52,3 +54,32 @@ def test_text_and_json() -> None:
     assert doc["text"] == "안녕하세요 반갑습니다" and doc["file"] == "a.wav"
     assert [s["index"] for s in doc["segments"]] == [0, 1]
     assert doc["segments"][1]["start"] == 3725.5
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("ws://h:8888", "ws://h:8888/client/ws/speech?content-type="),
+        ("http://h:8888/", "ws://h:8888/client/ws/speech?content-type="),
+        ("https://h", "wss://h/client/ws/speech?content-type="),
+        ("wss://h", "wss://h/client/ws/speech?content-type="),
+    ],
+)
+def test_any_gateway_url_form_names_the_speech_socket(base: str, expected: str) -> None:
+    assert speech_url(base) == expected
+
+
+def test_audio_seconds_from_the_container() -> None:
+    import io
+    import wave
+
+    from shared.transcribe import audio_seconds
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(bytes(2 * 16000 * 3))
+    assert audio_seconds(buf.getvalue()) == pytest.approx(3.0)
+    assert audio_seconds(bytes(32000)) is None  # raw PCM says nothing about itself
