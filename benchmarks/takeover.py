@@ -1,8 +1,9 @@
 """Takeover trials: kill -9 the worker that owns a live session, at a random moment.
 
-    python -m benchmarks.takeover [--trials 20] [--seed 4] [--out benchmarks/results/takeover.json]
+    python -m benchmarks.takeover [--trials 20] [--seed 4] [--lease 2] [--out FILE.json]
 
-Starts a private redis-server and two workers (one slot each, ``--lease 2``), and an
+Starts a private redis-server and two workers (one slot each, ``--lease 2`` unless
+told otherwise; the workers' default is 4), and an
 in-process gateway. One no-fault run of a three-sentence session (~13 s of espeak-ng
 Korean speech, raw PCM paced in real time) gives the expected finals. Then each trial
 streams the same session and, at a moment drawn from a seeded RNG between the first
@@ -41,7 +42,7 @@ from shared.up import LocalRedis
 from tests.integration.conftest import wait_for_workers
 from tests.integration.test_failover import KEYS, PREFIX, SENTENCES, Trial, finals, run_session
 
-#: The lease the trials' workers run with (seconds): the bound on detection time.
+#: The lease the trials' workers run with unless told (seconds): the bound on detection.
 LEASE_S = 2.0
 
 
@@ -113,12 +114,12 @@ async def one_trial(
     }
 
 
-async def run(trials: int, seed: int, redis_url: str) -> dict[str, Any]:
+async def run(trials: int, seed: int, redis_url: str, lease: float = LEASE_S) -> dict[str, Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
         pcm = speech(Path(tmp))
     audio_s = len(pcm) / 32000
-    trial = Trial(redis_url)
+    trial = Trial(redis_url, lease)
     trial.start()
     trial.start()
     results: list[dict[str, Any]] = []
@@ -150,7 +151,7 @@ async def run(trials: int, seed: int, redis_url: str) -> dict[str, Any]:
         "command": "python -m benchmarks.takeover " + " ".join(sys.argv[1:]),
         "trials": trials,
         "seed": seed,
-        "lease_s": LEASE_S,
+        "lease_s": lease,
         "audio_s": round(audio_s, 2),
         "expected_finals": len(expected),
         "kills": sum(1 for r in results if r["killed"]),
@@ -173,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--lease", type=float, default=LEASE_S, help="the workers' --lease")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as data:
         redis = LocalRedis(Path(data))
         redis.start()
         try:
-            report = asyncio.run(run(args.trials, args.seed, redis.url))
+            report = asyncio.run(run(args.trials, args.seed, redis.url, args.lease))
         finally:
             redis.stop()
     text = json.dumps(report, indent=2)

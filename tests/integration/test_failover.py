@@ -38,8 +38,9 @@ RECOVERY: list[float] = []
 
 
 class Trial:
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, lease: float = 2.0) -> None:
         self.redis_url = redis_url
+        self.lease = lease
         self.redis = Redis.from_url(redis_url)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.count = 0
@@ -47,7 +48,7 @@ class Trial:
     def start(self) -> None:
         self.count += 1
         wid = f"f{self.count}"
-        self.workers[wid] = start_worker(self.redis_url, wid, prefix=PREFIX, lease=2.0)
+        self.workers[wid] = start_worker(self.redis_url, wid, prefix=PREFIX, lease=self.lease)
 
     async def owner(self) -> str:
         async with asyncio.timeout(20 * UNIT):
