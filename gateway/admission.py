@@ -22,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.hub import EventQueue
 from shared import cluster, sessions
 from shared.keys import GROUP, Keys
 from shared.protocol import NoDecoderAvailable, UnknownModel
-from shared.wire import Claimed, Event, SessionRequest
+from shared.wire import Claimed, SessionRequest
 
 #: Queue positions are counted among this many waiting entries at most.
 MAX_POSITION_SCAN = 1000
@@ -35,7 +36,7 @@ async def admit(
     redis: Redis,
     keys: Keys,
     request: SessionRequest,
-    events: asyncio.Queue[Event],
+    events: EventQueue,
     *,
     sample_rate: int,
     wait: float,
@@ -128,7 +129,7 @@ async def choose_model(
     return model
 
 
-async def _claimed(events: asyncio.Queue[Event]) -> Claimed:
+async def _claimed(events: EventQueue) -> Claimed:
     while True:
         event = await events.get()
         if isinstance(event, Claimed):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from contextlib import suppress
 
 from redis.asyncio import Redis
@@ -28,7 +29,16 @@ from shared import sessions
 from shared.keys import Keys
 from shared.protocol import Status
 from shared.tasks import stop_tasks
-from shared.wire import Claimed, Done, Event, Failed, WireError, parse_event
+from shared.wire import (
+    Claimed,
+    Done,
+    Event,
+    Failed,
+    PartialResult,
+    Progress,
+    WireError,
+    parse_event,
+)
 
 log = logging.getLogger(__name__)
 #: Longest pause of the reader (and of reconciliation) between attempts while Redis is down.
@@ -41,12 +51,46 @@ def backoff(failures: int) -> float:
     return float(min(_BACKOFF_CAP_S, 0.1 * 2 ** min(failures, 8)))
 
 
+class EventQueue:
+    """A session's events on their way to its client, bounded whatever the client does.
+
+    Finals and the events that end or move a session are kept in order. Of partial
+    results and progress reports only the newest waits: a client that reads slowly (or
+    not at all, while it keeps sending audio) has no use for stale partials, and the
+    queue then holds at most one of each besides the finals, which the results stream
+    bounds anyway.
+    """
+
+    _LATEST_ONLY = (PartialResult, Progress)
+
+    def __init__(self) -> None:
+        self._items: deque[Event] = deque()
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, event: Event) -> None:
+        if isinstance(event, self._LATEST_ONLY):
+            kind = type(event)
+            if any(type(item) is kind for item in self._items):
+                self._items = deque(item for item in self._items if type(item) is not kind)
+        self._items.append(event)
+        self._ready.set()
+
+    async def get(self) -> Event:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
 class EventHub:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self._pubsub: PubSub | None = None
-        self._queues: dict[str, asyncio.Queue[Event]] = {}
+        self._queues: dict[str, EventQueue] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._reconcile: asyncio.Task[None] | None = None
@@ -78,10 +122,10 @@ class EventHub:
             await self._pubsub.aclose()
             self._pubsub = None
 
-    async def subscribe(self, sid: str) -> asyncio.Queue[Event]:
+    async def subscribe(self, sid: str) -> EventQueue:
         assert self._pubsub is not None, "hub not started"
         channel = self._keys.events(sid)
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue = EventQueue()
         confirmed = asyncio.Event()
         self._queues[sid] = queue
         self._confirmed[channel] = confirmed

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from gateway.admission import admit, choose_model
 from gateway.audio import AudioInput
 from gateway.auth import PRINCIPAL
+from gateway.hub import EventQueue
 from gateway.limits import REFRESH_S, KeyLimits
 from gateway.session import ClientSession, Outcome, Phase
 from gateway.state import Gateway
@@ -322,7 +323,7 @@ class SessionRunner:
             return False
         return True
 
-    async def _pump_events(self, events: asyncio.Queue) -> None:  # type: ignore[type-arg]
+    async def _pump_events(self, events: EventQueue) -> None:
         while True:
             event = await events.get()
             if isinstance(event, Progress):
