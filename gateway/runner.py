@@ -39,6 +39,7 @@ from gateway.session import ClientSession, Outcome, Phase
 from gateway.state import Gateway
 from shared.protocol import (
     Aborted,
+    BadGrammar,
     BadRequest,
     FellBehind,
     LimitExceeded,
@@ -66,6 +67,7 @@ _REJECT_REASONS: dict[type[SessionError], str] = {
     NoDecoderAvailable: "no_decoder",
     BadRequest: "bad_input",
     UnknownModel: "unknown_model",
+    BadGrammar: "bad_grammar",
     LimitExceeded: "key_limit",
     TimedOut: "timeout",
     FellBehind: "decoder_lag",

@@ -8,12 +8,15 @@ import wave
 from pathlib import Path
 
 import aiohttp
+from redis.asyncio import Redis
 
 from shared.client import speech_url, stream
+from shared.keys import Keys
 from shared.protocol import Status
 from tests.decoder_worker.test_grammar import COMMANDS
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import PREFIX, Cluster
 
+KEYS = Keys(PREFIX)
 SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다."
 
 
@@ -55,9 +58,16 @@ async def test_unknown_word_is_status_7_and_harms_no_one(
 
 
 async def test_malformed_phrases_are_status_7(running: Cluster) -> None:
-    for phrases in ("not json", "[]", '["불", 3]', json.dumps(["[unk]"])):
+    """Refused at the gateway, and counted as rejects of reason ``bad_grammar``."""
+    redis = Redis.from_url(running.redis_url)
+    before = int(await redis.hget(KEYS.stats, "rejected:bad_grammar") or 0)
+    cases = ("not json", "[]", '["불", 3]', json.dumps(["[unk]"]))
+    for phrases in cases:
         result = await stream(speech_url(running.ws, phrases=phrases), b"", realtime=False)
         assert result.status == Status.BAD_GRAMMAR, (phrases, result.messages)
+    after = int(await redis.hget(KEYS.stats, "rejected:bad_grammar") or 0)
+    await redis.aclose()
+    assert after - before == len(cases)
 
 
 async def test_http_phrases(running: Cluster, espeak_wav) -> None:
