@@ -157,13 +157,7 @@ def run(files: list[str], url: str, fmt: str, out: str | None, realtime: bool) -
             print(f"{name}: status {failure['status']}: {failure.get('message', '')}", file=err)
             code = max(code, EXIT_SERVER)
             continue
-        text = render(result, fmt, name)
-        target = _output(out, name, fmt, many=len(files) > 1)
-        if target is None:
-            sys.stdout.write(text)
-        else:
-            target.write_text(text, encoding="utf-8")
-            print(f"{name} -> {target}", file=err)
+        _write(render(result, fmt, name), out, name, fmt, many=len(files) > 1, err=err)
     return code
 
 
@@ -174,6 +168,18 @@ def _read(name: str, err: TextIO) -> bytes | None:
     except OSError as exc:
         print(f"{name}: cannot read: {exc.strerror}", file=err)
         return None
+
+
+def _write(
+    text: str, out: str | None, name: str, fmt: str, *, many: bool, err: TextIO, note: str = ""
+) -> None:
+    """To stdout, or to the file ``-o`` names for this input (saying so on ``err``)."""
+    target = _output(out, name, fmt, many=many)
+    if target is None:
+        sys.stdout.write(text)
+    else:
+        target.write_text(text, encoding="utf-8")
+        print(f"{name} -> {target}{note}", file=err)
 
 
 def _output(out: str | None, name: str, fmt: str, *, many: bool) -> Path | None:
@@ -223,10 +229,5 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
             code = max(code, EXIT_SERVER)
             continue
         text = render(batch.as_transcript(doc), fmt, name)
-        target = _output(out, name, fmt, many=len(files) > 1)
-        if target is None:
-            sys.stdout.write(text)
-        else:
-            target.write_text(text, encoding="utf-8")
-            print(f"{name} -> {target} (job {job_id})", file=err)
+        _write(text, out, name, fmt, many=len(files) > 1, err=err, note=f" (job {job_id})")
     return code
