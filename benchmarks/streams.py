@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     """Live-stream levels against a private cluster only, e.g. to try worker settings."""
     import argparse
     import os
+    import subprocess
+    import sys
     from pathlib import Path
 
     from benchmarks.common import cluster, redis_server
@@ -150,6 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", default="1,2", help="comma-separated concurrency levels")
     parser.add_argument("--clips", type=int, default=4, help="the N longest test clips")
     parser.add_argument("--partial-interval", type=float, help="the worker's setting")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy's collapsed stacks of the worker and its session and utterance "
+        "processes, over the first level",
+    )
     args = parser.parse_args(argv)
     from benchmarks.run import clips
 
@@ -159,8 +167,32 @@ def main(argv: list[str] | None = None) -> None:
     extra = ["--partial-interval", str(args.partial_interval)] if args.partial_interval else []
     intervals: list[float] = []
     with redis_server() as url, cluster(url, max(levels), cache, worker_args=extra) as cl:
-        for c in levels:
+        for n, c in enumerate(levels):
+            spy = None
+            if args.profile is not None and n == 0:
+                spy = subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(cl["worker_pid"]),
+                        "--subprocesses",
+                        "--duration",
+                        "10",
+                        "--rate",
+                        "100",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(args.profile),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             row = asyncio.run(level("ours", cl["ws"], pcms, c))
+            if spy is not None:
+                spy.wait()
             intervals += row["partial_intervals_s"]
             print(json.dumps({k: v for k, v in row.items() if k != "texts"}))
     ms = [x * 1000 for x in intervals]
