@@ -32,7 +32,6 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
-from shared.protocol import ResultMessage
 from shared.wire import FinalResult
 
 __all__ = ["FullProcessor", "LineProcessor", "PostProcessors", "ProcessorFailed"]
@@ -219,18 +218,9 @@ class PostProcessors:
     async def final(self, final: FinalResult, sid: str) -> FinalResult:
         """The final to store and publish: processed if the processors manage, else as is."""
         if self.full is not None:
-            message = ResultMessage(
-                sid,
-                final.segment,
-                final.text,
-                final=True,
-                likelihood=final.likelihood,
-                segment_start=final.start,
-                segment_length=final.length,
-                total_length=final.total,
-            )
+            message = final.client_message(sid).serialize()
             try:
-                answer = await self.full.process(json.loads(message.serialize()))
+                answer = await self.full.process(json.loads(message))
             except ProcessorFailed as exc:
                 log.warning("[%s] final %d sent unprocessed: %s", sid, final.segment, exc)
                 return final

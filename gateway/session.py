@@ -135,19 +135,7 @@ class ClientSession:
             return []
         self.next_segment = event.segment + 1
         self.finals.append(event)
-        message = ResultMessage(
-            self.sid,
-            event.segment,
-            event.text,
-            final=True,
-            likelihood=event.likelihood,
-            segment_start=event.start,
-            segment_length=event.length,
-            total_length=event.total,
-            original_transcript=event.original,
-            processed=event.processed,
-        )
-        return [message.serialize()]
+        return [event.client_message(self.sid).serialize()]
 
 
 _CODES = {int(s) for s in Status}

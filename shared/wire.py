@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from shared.protocol import ResultMessage
+
 
 class WireError(ValueError):
     """A Redis entry or event that does not match this module's shapes."""
@@ -142,6 +144,21 @@ class FinalResult:
     original: str = ""
     #: the client message as the full post-processor returned it (``None``: none ran)
     processed: dict[str, Any] | None = None
+
+    def client_message(self, sid: str) -> ResultMessage:
+        """What a kaldi-gstreamer-server client is sent for this final."""
+        return ResultMessage(
+            sid,
+            self.segment,
+            self.text,
+            final=True,
+            likelihood=self.likelihood,
+            segment_start=self.start,
+            segment_length=self.length,
+            total_length=self.total,
+            original_transcript=self.original,
+            processed=self.processed,
+        )
 
 
 @dataclass(frozen=True)
