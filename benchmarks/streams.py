@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,53 +63,63 @@ async def _pace(ws: Any, pcm: bytes, result: StreamResult, eos: str | bytes) -> 
     await ws.send(eos)
 
 
-async def stream_ours(base: str, pcm: bytes) -> StreamResult:
-    result = StreamResult(audio_s=len(pcm) / 32000, started=time.monotonic())
-    texts = []
-    try:
-        async with websockets.connect(speech_url(base, RAW_CAPS), max_size=None) as ws:
-            sender = asyncio.create_task(_pace(ws, pcm, result, "EOS"))
-            async for raw in ws:
-                message = json.loads(raw)
-                if message.get("status", 0) != 0:
-                    result.error = message.get("message", str(message))
-                res = message.get("result")
-                if res is None:
-                    continue
-                if res.get("final"):
-                    result.final_at = time.monotonic()
-                    texts.append(res["hypotheses"][0]["transcript"])
-                else:
-                    result.partial_at.append(time.monotonic())
-            await sender
-    except (OSError, websockets.WebSocketException) as exc:
-        result.error = repr(exc)
-    result.closed_at = time.monotonic()
-    result.text = " ".join(texts)
-    return result
-
-
-async def stream_vosk(url: str, pcm: bytes) -> StreamResult:
+async def _session(
+    url: str,
+    pcm: bytes,
+    config: str | None,
+    eos: str,
+    read: Callable[[StreamResult, dict[str, Any]], str | None],
+) -> StreamResult:
+    """One paced stream; ``read`` notes a reply's partial or error on the result and
+    returns a final's text (``None`` for any other reply)."""
     result = StreamResult(audio_s=len(pcm) / 32000, started=time.monotonic())
     texts = []
     try:
         async with websockets.connect(url, max_size=None) as ws:
-            await ws.send(json.dumps({"config": {"sample_rate": 16000}}))
-            sender = asyncio.create_task(_pace(ws, pcm, result, '{"eof" : 1}'))
+            if config is not None:
+                await ws.send(config)
+            sender = asyncio.create_task(_pace(ws, pcm, result, eos))
             async for raw in ws:
-                message = json.loads(raw)
-                if "text" in message:
+                text = read(result, json.loads(raw))
+                if text is not None:
                     result.final_at = time.monotonic()
-                    if message["text"]:
-                        texts.append(message["text"])
-                elif message.get("partial"):
-                    result.partial_at.append(time.monotonic())
+                    if text:
+                        texts.append(text)
             await sender
     except (OSError, websockets.WebSocketException) as exc:
         result.error = repr(exc)
     result.closed_at = time.monotonic()
     result.text = " ".join(texts)
     return result
+
+
+def _read_ours(result: StreamResult, message: dict[str, Any]) -> str | None:
+    if message.get("status", 0) != 0:
+        result.error = message.get("message", str(message))
+    res = message.get("result")
+    if res is None:
+        return None
+    if res.get("final"):
+        return str(res["hypotheses"][0]["transcript"])
+    result.partial_at.append(time.monotonic())
+    return None
+
+
+def _read_vosk(result: StreamResult, message: dict[str, Any]) -> str | None:
+    if "text" in message:
+        return str(message["text"])
+    if message.get("partial"):
+        result.partial_at.append(time.monotonic())
+    return None
+
+
+async def stream_ours(base: str, pcm: bytes) -> StreamResult:
+    return await _session(speech_url(base, RAW_CAPS), pcm, None, "EOS", _read_ours)
+
+
+async def stream_vosk(url: str, pcm: bytes) -> StreamResult:
+    config = json.dumps({"config": {"sample_rate": 16000}})
+    return await _session(url, pcm, config, '{"eof" : 1}', _read_vosk)
 
 
 async def level(kind: str, url: str, clips: list[bytes], concurrency: int) -> dict[str, Any]:
