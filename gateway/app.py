@@ -10,6 +10,7 @@ up to ``drain_timeout`` -> close the rest with 1012 (service restart) -> close R
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -33,6 +34,8 @@ STATUS_INTERVAL_S = 1.0
 READY_TIMEOUT_S = 1.0
 #: After the drain timeout, how long closed sessions get to finish their handlers.
 _CLOSE_GRACE_S = 5.0
+#: The garbage collector's thresholds in a gateway process (CPython's are 700, 10, 10).
+GC_THRESHOLDS = (10_000, 20, 20)
 
 
 async def handle_status(request: web.Request) -> web.WebSocketResponse:
@@ -160,5 +163,19 @@ async def run(settings: GatewaySettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with serve(settings):
+        _tune_gc()
         await stop.wait()
         log.info("gateway stopping")
+
+
+def _tune_gc() -> None:
+    """Collect less often, and never scan what was loaded at startup again.
+
+    Every frame allocates a few short-lived objects (futures, Redis replies); with
+    CPython's defaults they trigger a full collection every few seconds at 500 streams,
+    each stopping the event loop for 100-150 ms and delaying every stream's frames
+    (``python -m benchmarks.gateway_load``, ``docs/performance.md``). Reference
+    counting still frees them at once: only cycles wait for the collector.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -31,6 +31,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.admission import admit, choose_model
+from gateway.appender import Command
 from gateway.audio import AudioInput
 from gateway.auth import PRINCIPAL
 from gateway.hub import EventQueue
@@ -270,16 +271,16 @@ class SessionRunner:
             await self._release_place()
 
     async def _append(self, *entries: AudioChunk | EndOfStream | Abort) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[Command] = []
         audio_bytes = 0
         for entry in entries:
-            pipe.xadd(self.keys.audio(self.sid), entry.serialize())
+            commands.append(("xadd", (self.keys.audio(self.sid), entry.serialize())))
             if isinstance(entry, AudioChunk):
                 audio_bytes += len(entry.pcm)
                 self._audio_at = time.monotonic()
         if audio_bytes:
-            pipe.hincrby(self.keys.meta(self.sid), "audio_bytes", audio_bytes)
-        await pipe.execute()
+            commands.append(("hincrby", (self.keys.meta(self.sid), "audio_bytes", audio_bytes)))
+        await self.gw.appender.run(commands)
         self._appended += audio_bytes // 2
         if self.limits is not None and audio_bytes:
             await self.limits.account(audio_bytes / 2 / self._rate)

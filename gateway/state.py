@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from aiohttp import WSCloseCode, web
 from redis.asyncio import Redis
 
+from gateway.appender import Appender
 from gateway.auth import Authenticator
 from gateway.hub import EventHub
 from shared import cluster, redis_client
@@ -28,6 +29,7 @@ class Gateway:
         self.keys = Keys(settings.prefix)
         self.redis: Redis = redis_client.connect(settings.redis_url)
         self.hub = EventHub(self.redis, self.keys)
+        self.appender = Appender(self.redis)
         self.sessions: dict[str, web.WebSocketResponse | None] = {}
         self.ready = False
         self.metrics = GatewayMetrics()
@@ -62,6 +64,7 @@ class Gateway:
     async def close(self) -> None:
         self.ready = False
         await self.hub.close()
+        await self.appender.close()
         await self.redis.aclose()
 
     async def cluster_status(self) -> ClusterStatus:
