@@ -107,11 +107,14 @@ def cluster(
         stop(worker)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far, from ``/proc``."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU of one process so far, from ``/proc``; with ``children``, plus
+    that of the descendants it has waited for (a worker's ended session and utterance
+    processes)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(x) for x in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, Any]:

@@ -105,7 +105,13 @@ class Claimant:
 
 
 async def client(
-    url: str, number: int, frames: int, sent: list[float], gate: asyncio.Event, deflate: bool
+    url: str,
+    number: int,
+    frames: int,
+    sent: list[float],
+    gate: asyncio.Event,
+    deflate: bool,
+    phase: float = 0.0,
 ) -> str:
     """One live stream; ``sent[k]`` is the wall time frame ``k`` left."""
     silence = bytes(FRAME_BYTES - TAG.size)
@@ -122,7 +128,9 @@ async def client(
         ) as ws:
             listener = asyncio.create_task(listen(ws))
             await gate.wait()
-            start = time.monotonic()
+            # Independent microphones: each stream's frames keep their own phase in the
+            # quarter second, spread evenly, rather than all 500 landing at one instant.
+            start = time.monotonic() + phase
             for k in range(frames):
                 delay = start + k * 0.25 - time.monotonic()
                 if delay > 0:
@@ -156,7 +164,8 @@ async def _run(
     url = speech_url(ws, RAW_CAPS)
     tasks = []
     for n in range(streams):  # ramp up: sessions open 100 per second
-        tasks.append(asyncio.create_task(client(url, n, frames, sent[n], gate, deflate)))
+        phase = 0.25 * n / streams
+        tasks.append(asyncio.create_task(client(url, n, frames, sent[n], gate, deflate, phase)))
         if n % 10 == 9:
             await asyncio.sleep(0.1)
     async with asyncio.timeout(120):
@@ -188,7 +197,7 @@ async def _run(
     await asyncio.sleep(0.5)
     claiming.cancel()
     delays: list[float] = []
-    missing = 0
+    by_second: dict[int, list[float]] = {}
     sids = [m.decode() for m in await redis.zrange(keys.live, 0, -1)]
     for sid in sids:
         entries = await redis.xrange(keys.audio(sid))
@@ -199,6 +208,7 @@ async def _run(
             number, k = TAG.unpack(pcm[: TAG.size])
             if number < streams and k < len(sent[number]):
                 delays.append(int(entry_id.split(b"-")[0]) - sent[number][k] * 1000)
+                by_second.setdefault(k // 4, []).append(delays[-1])
     missing = sum(len(s) for s in sent) - len(delays)
     await redis.aclose()
     await claimant.redis.aclose()
@@ -215,6 +225,10 @@ async def _run(
         "forward_ms_p50": round(percentile(delays, 50), 1),
         "forward_ms_p99": round(percentile(delays, 99), 1),
         "forward_ms_max": round(max(delays, default=0.0), 1),
+        # when in the run the slow frames were: p99 of each second of streaming
+        "forward_ms_p99_by_second": [
+            round(percentile(by_second[sec], 99), 1) for sec in sorted(by_second)
+        ],
         "gateway_cpu_cores": round(gateway_cores, 3),
         "gateway_cpu_ms_per_frame": round(gateway_cpu / max(1, len(delays)) * 1000, 4),
         "gateway_cores_needed": round(gateway_cpu / max(1, len(delays)) * streams * 4, 3),

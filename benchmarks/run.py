@@ -63,7 +63,7 @@ class Params:
         self.cost_clips = 1 if smoke else 8
         self.overhead_clips = 2 if smoke else 8
         self.overhead_rounds = 1 if smoke else 2
-        self.levels = [1] if smoke else [1, 2, 3, 4, 6, 8, 10, 12, 14, 16, 20]
+        self.levels = [1] if smoke else [*range(1, 13), 14, 16, 20]
         self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
         self.gateway_streams = 5 if smoke else 500
         self.gateway_seconds = 3.0 if smoke else 20.0
@@ -138,14 +138,16 @@ async def _level_with_pss(ws: str, worker_pid: int, pcms: list[bytes], c: int) -
 
     task = asyncio.create_task(sampler())
     try:
-        result = await streams.level("ours", ws, pcms, c)
+        result = await streams.level("ours", ws, pcms, c, worker_pid)
     finally:
         task.cancel()
     result["peak_pss_mb"] = round(max(samples, default=0.0), 1)
     return result
 
 
-def stage_levels(p: Params, ws: str, worker_pid: int, vosk_url: str) -> dict[str, Any]:
+def stage_levels(
+    p: Params, ws: str, worker_pid: int, vosk_url: str, vosk_pid: int
+) -> dict[str, Any]:
     pcms = [pcm for _, _, pcm in clips(max(p.levels), p.clip_s)]
     time.sleep(1.0)
     idle = cluster.sample(worker_pid)["total_pss_mb"]
@@ -162,13 +164,18 @@ def stage_levels(p: Params, ws: str, worker_pid: int, vosk_url: str) -> dict[str
             row["pss_per_stream_mb"] = round((row["peak_pss_mb"] - idle) / c, 1)
             ours.append(row)
         if run_vosk:
-            vosk.append(asyncio.run(streams.level("vosk", vosk_url, pcms, c)))
+            vosk.append(asyncio.run(streams.level("vosk", vosk_url, pcms, c, vosk_pid)))
         print(
             f"level {c}: ours p95 {ours[-1]['final_latency_p95_s']} s, "
             f"vosk p95 {vosk[-1]['final_latency_p95_s']} s",
             file=sys.stderr,
         )
     return {"idle_pss_mb": round(idle, 1), "ours": ours, "vosk": vosk}
+
+
+def _live_cpu(rows: list[dict[str, Any]]) -> float | None:
+    cpus = [r["server_cpu_per_audio_s"] for r in rows if r["sustained"]]
+    return round(percentile(cpus, 50), 3) if cpus else None
 
 
 def max_sustained(rows: list[dict[str, Any]]) -> int:
@@ -210,7 +217,9 @@ def run(p: Params, out: Path) -> dict[str, Any]:
             stage("2: overhead")
             over = stage_overhead(p, engine, model.endpoint, cl["ws"])
             stage("3: live streams")
-            levels = stage_levels(p, cl["ws"], cl["worker_pid"], f"ws://127.0.0.1:{vosk_port}/")
+            levels = stage_levels(
+                p, cl["ws"], cl["worker_pid"], f"ws://127.0.0.1:{vosk_port}/", vosk_proc.pid
+            )
     finally:
         stop(vosk_proc)
     stage("4: finalize time")
@@ -249,6 +258,12 @@ def run(p: Params, out: Path) -> dict[str, Any]:
         "rtf_cpu": {
             "ours": round(cost["ours"]["rtf_cpu"], 3),
             "vosk": round(cost["vosk"]["rtf_cpu"], 3),
+        },
+        # The same, live: the server's CPU (a worker with all its processes, the vosk
+        # server with its threads) per audio second, median over the sustained levels.
+        "live_cpu_per_audio_s": {
+            "ours": _live_cpu(levels["ours"]),
+            "vosk": _live_cpu(levels["vosk"]),
         },
         "smoke": p.smoke,
         "machine": machine(),

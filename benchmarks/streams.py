@@ -21,11 +21,12 @@ from typing import Any
 
 import websockets
 
-from benchmarks.common import RAW_CAPS, percentile
+from benchmarks.common import RAW_CAPS, cpu_seconds, percentile
 from shared.client import speech_url
 
 FRAME_BYTES = 8000  # 0.25 s of 16 kHz s16 mono
 SUSTAIN_LIMIT_S = 1.0
+REAP_WAIT_S = 1.0
 
 
 @dataclass
@@ -122,9 +123,15 @@ async def stream_vosk(url: str, pcm: bytes) -> StreamResult:
     return await _session(url, pcm, config, '{"eof" : 1}', _read_vosk)
 
 
-async def level(kind: str, url: str, clips: list[bytes], concurrency: int) -> dict[str, Any]:
-    """``concurrency`` live streams at once (clips taken in turn), started 50 ms apart."""
+async def level(
+    kind: str, url: str, clips: list[bytes], concurrency: int, server_pid: int | None = None
+) -> dict[str, Any]:
+    """``concurrency`` live streams at once (clips taken in turn), started 50 ms apart.
+
+    With ``server_pid``, also the CPU the server and the descendants it reaped (a
+    worker's session and utterance processes) spent per audio second."""
     client = stream_ours if kind == "ours" else stream_vosk
+    cpu_before = cpu_seconds(server_pid, children=True) if server_pid else 0.0
 
     async def one(i: int) -> StreamResult:
         await asyncio.sleep(i * 0.05)
@@ -137,12 +144,17 @@ async def level(kind: str, url: str, clips: list[bytes], concurrency: int) -> di
     audio = sum(r.audio_s for r in results)
     p95 = percentile(latencies, 95)
     errors = [r.error for r in results if r.error]
+    cpu = None
+    if server_pid:
+        await asyncio.sleep(REAP_WAIT_S)  # the last session processes end after the close
+        cpu = round((cpu_seconds(server_pid, children=True) - cpu_before) / audio, 3)
     return {
         "concurrency": concurrency,
         "final_latency_s": [round(x, 3) for x in latencies],
         "final_latency_p95_s": round(p95, 3),
         "partial_intervals_s": [round(x, 3) for r in results for x in r.partial_intervals()],
         "throughput_audio_s_per_s": round(audio / (end - start), 3),
+        "server_cpu_per_audio_s": cpu,
         "sustained": not errors and p95 <= SUSTAIN_LIMIT_S,
         "errors": errors,
         "texts": [r.text for r in results],
@@ -201,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            row = asyncio.run(level("ours", cl["ws"], pcms, c))
+            row = asyncio.run(level("ours", cl["ws"], pcms, c, cl["worker_pid"]))
             if spy is not None:
                 spy.wait()
             intervals += row["partial_intervals_s"]
