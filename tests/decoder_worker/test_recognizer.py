@@ -99,9 +99,12 @@ def test_partials_are_throttled_and_numbered(espeak_clip: Path) -> None:
     assert 1 <= len(partials) <= seconds_fed / 0.5 + 1
     assert isinstance(events[-1], Final)
 
+    # An unchanged best path is sent again at every interval, as kaldi-gstreamer-server
+    # does: a client sees the stream is being decoded while a long word is spoken.
     same = FakeEngine(["x"], partial_changes=False)
     events = feed_all(Recognizer(same, RULES, partial_interval=0.5), pcm, 800)
-    assert [e for e in events if isinstance(e, Partial)] == [Partial(0, "same")]
+    repeated = [e for e in events if isinstance(e, Partial)]
+    assert len(repeated) == len(partials) and set(repeated) == {Partial(0, "same")}
 
 
 def test_resume_offsets_are_absolute(espeak_clip: Path) -> None:
