@@ -22,10 +22,11 @@ import signal
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from typing import Any
 
 from decoder_worker.engine import Engine
+from decoder_worker.gate import CpuGate
 
 HEADER = struct.Struct("!I")  # the length prefix of every frame
 _PR_SET_PDEATHSIG = 1
@@ -90,15 +91,19 @@ def fork_process(
     return pid, parent
 
 
-def _utterance_main(sock: socket.socket, engine: Engine) -> None:
+def _utterance_main(sock: socket.socket, engine: Engine, gate: CpuGate | None) -> None:
+    held = gate.held if gate is not None else nullcontext
     while True:
         kind, *args = recv_frame(sock)
         if kind == "accept":
-            engine.accept(args[0])
-        elif kind == "partial":
+            with held():
+                engine.accept(args[0])
+        elif kind == "partial":  # a traceback: too short to queue for
             send_frame(sock, engine.partial())
         elif kind == "finish":
-            send_frame(sock, engine.finish())
+            with held():
+                result = engine.finish()
+            send_frame(sock, result)
             return
         else:
             raise ValueError(f"unknown engine command {kind!r}")
@@ -109,17 +114,21 @@ class ForkingEngine:
 
     ``template`` must be a loaded engine that is never used directly. Audio is sent to
     the utterance's process without waiting; ``partial`` and ``finish`` wait for it to
-    catch up, exactly as a direct call would.
+    catch up, exactly as a direct call would. With a ``gate``, the process decodes only
+    while it holds one of the gate's tokens.
     """
 
-    def __init__(self, template: Engine) -> None:
+    def __init__(self, template: Engine, gate: CpuGate | None = None) -> None:
         self.sample_rate = template.sample_rate
         self._template = template
+        self._gate = gate
         self._sock: socket.socket | None = None
         self._pid = 0
 
     def _start(self) -> socket.socket:
-        self._pid, self._sock = fork_process(lambda sock: _utterance_main(sock, self._template))
+        self._pid, self._sock = fork_process(
+            lambda sock: _utterance_main(sock, self._template, self._gate)
+        )
         return self._sock
 
     def accept(self, pcm: bytes) -> None:

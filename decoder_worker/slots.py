@@ -33,6 +33,7 @@ from typing import Any
 
 from decoder_worker.engine import Engine
 from decoder_worker.forking import HEADER, ForkingEngine, fork_process, recv_frame, send_frame
+from decoder_worker.gate import CpuGate
 from decoder_worker.grammar import GrammarError, Restrictable
 from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Recognizer
@@ -52,7 +53,11 @@ class SlotDied(Exception):
 
 
 def _serve_one_session(
-    sock: socket.socket, engine: Engine, rules: EndpointRules, silence_timeout: float = 0.0
+    sock: socket.socket,
+    engine: Engine,
+    rules: EndpointRules,
+    silence_timeout: float = 0.0,
+    gate: CpuGate | None = None,
 ) -> None:
     msg = recv_frame(sock)
     if msg[0] == "grammar":
@@ -63,7 +68,7 @@ def _serve_one_session(
     kind, first_segment, offset, interval = msg
     if kind != "start":
         raise ValueError(f"expected start, got {kind!r}")
-    utterances = ForkingEngine(engine)
+    utterances = ForkingEngine(engine, gate)
     recognizer = Recognizer(
         utterances,
         rules,
@@ -170,10 +175,18 @@ class DecoderPool:
     """At most ``size`` decoder processes at once, each forked for one session."""
 
     def __init__(
-        self, engine: Engine, rules: EndpointRules, size: int, *, silence_timeout: float = 0.0
+        self,
+        engine: Engine,
+        rules: EndpointRules,
+        size: int,
+        *,
+        silence_timeout: float = 0.0,
+        gate: CpuGate | None = None,
     ) -> None:
         self._engine = engine
         self._rules = rules
+        #: how many of the sessions' utterance processes decode at one moment
+        self.gate = gate
         #: seconds of audio without speech after which a session ends (0: never)
         self.silence_timeout = silence_timeout
         self.size = size
@@ -199,7 +212,7 @@ class DecoderPool:
     def _session_main(self, sock: socket.socket) -> None:
         """The session process: decode one session, report a failure to the worker."""
         try:
-            _serve_one_session(sock, self._engine, self._rules, self.silence_timeout)
+            _serve_one_session(sock, self._engine, self._rules, self.silence_timeout, self.gate)
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass  # the worker went away or dropped the session
         except Exception as exc:

@@ -37,6 +37,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from decoder_worker.gate import CpuGate, usable_cpus
 from decoder_worker.grammar import GrammarCompiler
 from decoder_worker.model import PreparedModel
 from decoder_worker.postprocess import PostProcessors
@@ -316,12 +317,23 @@ async def run(settings: WorkerSettings, endpoint: Mapping[str, Any] | None = Non
     started = time.monotonic()
     engine = KagEngine.load(model)
     log.info("model %s loaded in %.1f s", model.path, time.monotonic() - started)
-    pool = DecoderPool(
-        engine, model.endpoint, settings.slots, silence_timeout=settings.silence_timeout
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    grammars = GrammarCompiler(model.path / "words.txt", supported=model.kind == "lookahead")
-    await Worker(settings, pool, model.sample_rate, grammars=grammars).run(stop)
+    if settings.decoding_cpus < 0:
+        raise SystemExit("--decoding-cpus must not be negative")
+    gate = CpuGate(settings.decoding_cpus or usable_cpus())
+    log.info("%d utterances decode at one moment", gate.tokens)
+    try:
+        pool = DecoderPool(
+            engine,
+            model.endpoint,
+            settings.slots,
+            silence_timeout=settings.silence_timeout,
+            gate=gate,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        grammars = GrammarCompiler(model.path / "words.txt", supported=model.kind == "lookahead")
+        await Worker(settings, pool, model.sample_rate, grammars=grammars).run(stop)
+    finally:
+        gate.remove()

@@ -135,6 +135,11 @@ class WorkerSettings(CommonSettings):
     partial_interval: float = setting(
         0.25, "seconds of audio between partial results while a segment is open"
     )
+    decoding_cpus: int = setting(
+        0,
+        "utterances decoding at one moment, the rest queue (decoder_worker/gate.py); "
+        "0: one per CPU the worker may use",
+    )
     worker_id: str = setting("", "worker id; default host-pid")
     metrics_port: int = setting(9100, "port for Prometheus /metrics and /healthz; 0 turns it off")
     lease: float = setting(
