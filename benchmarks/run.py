@@ -63,7 +63,7 @@ class Params:
         self.cost_clips = 1 if smoke else 8
         self.overhead_clips = 2 if smoke else 8
         self.overhead_rounds = 1 if smoke else 2
-        self.levels = [1] if smoke else [*range(1, 13), 14, 16, 20]
+        self.levels = [1] if smoke else [*range(1, 17), 18, 20]
         self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
         self.gateway_streams = 5 if smoke else 500
         self.gateway_seconds = 3.0 if smoke else 20.0
