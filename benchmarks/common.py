@@ -144,3 +144,13 @@ def machine() -> dict[str, Any]:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all CPUs, since boot (``/proc/stat``).
+
+    On a shared virtual machine this is what makes two runs of the same code differ: a
+    run with much steal had less machine than its neighbours."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")

@@ -46,6 +46,7 @@ from benchmarks.common import (
     machine,
     percentile,
     redis_server,
+    steal_seconds,
     stop,
 )
 from shared.up import free_port
@@ -62,7 +63,7 @@ class Params:
         self.decoders = 1 if smoke else cores
         self.cost_clips = 1 if smoke else 8
         self.overhead_clips = 2 if smoke else 8
-        self.overhead_rounds = 1 if smoke else 2
+        self.overhead_rounds = 1 if smoke else 4
         self.levels = [1] if smoke else [*range(1, 17), 18, 20]
         self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
         self.gateway_streams = 5 if smoke else 500
@@ -113,9 +114,15 @@ def stage_cost(p: Params) -> dict[str, Any]:
 def stage_overhead(p: Params, engine: Any, rules: Any, ws: str) -> dict[str, Any]:
     pcms = [pcm for _, _, pcm in clips(p.overhead_clips, p.clip_s)]
     rounds = []
-    for _ in range(p.overhead_rounds):
-        d = overhead.direct(engine, rules, pcms, p.decoders)
-        c = overhead.through_cluster(ws, pcms, p.decoders)
+    for n in range(p.overhead_rounds):
+        # Alternate which goes first, so that a drift in the machine's load over the
+        # stage does not favour one side.
+        if n % 2:
+            c = overhead.through_cluster(ws, pcms, p.decoders)
+            d = overhead.direct(engine, rules, pcms, p.decoders)
+        else:
+            d = overhead.direct(engine, rules, pcms, p.decoders)
+            c = overhead.through_cluster(ws, pcms, p.decoders)
         rounds.append(
             {
                 "direct": {k: v for k, v in d.items() if k != "texts"},
@@ -197,7 +204,7 @@ def run(p: Params, out: Path) -> dict[str, Any]:
     def stage(text: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f} s] {text}", file=sys.stderr)
 
-    load_before = load_average()
+    load_before, steal_before = load_average(), steal_seconds()
     stage("1: decode cost, ours and vosk")
     # In a fresh interpreter: kaldi-active-grammar's state is process-wide, and the
     # direct decoders below must start from the same state as the worker's.
@@ -268,6 +275,7 @@ def run(p: Params, out: Path) -> dict[str, Any]:
         "smoke": p.smoke,
         "machine": machine(),
         "load_average": {"before": load_before, "after": load_average()},
+        "cpu_steal_s": round(steal_seconds() - steal_before, 1),
         "duration_s": round(time.monotonic() - t_start, 1),
         "details": {
             "cost": cost,
