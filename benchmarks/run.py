@@ -68,7 +68,6 @@ class Params:
         self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
         self.gateway_streams = 5 if smoke else 500
         self.gateway_seconds = 3.0 if smoke else 20.0
-        self.gateway_pool = 2000
 
 
 def clips(n: int, clip_s: float = 0.0) -> list[tuple[Path, str, bytes]]:
@@ -234,7 +233,7 @@ def run(p: Params, out: Path) -> dict[str, Any]:
         engine, [pcm for _, _, pcm in clips(3 if not p.smoke else 1, p.clip_s)]
     )
     stage("5: gateway")
-    gw = gateway_load.measure(p.gateway_streams, p.gateway_seconds, p.gateway_pool)
+    gw = gateway_load.measure(p.gateway_streams, p.gateway_seconds)
 
     cores = os.cpu_count() or 1
     within = [r for r in levels["ours"] if r["concurrency"] <= cores]
