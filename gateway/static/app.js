@@ -114,6 +114,8 @@ const transcript = {
   },
 
   partial(group, text) {
+    // The worker repeats an unchanged best path at every interval: nothing to redraw.
+    if (group.partial.textContent === text && group.partial.hidden === !text) return;
     group.partial.hidden = !text;
     group.partial.textContent = text;
     this.scroll();
