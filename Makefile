@@ -29,7 +29,8 @@ up: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy gateway decoder_worker shared
+	$(BIN)/lint-imports
+	$(BIN)/mypy shared gateway decoder_worker batch_worker ksc harness
 	$(BIN)/pytest
 
 # The benchmark suite (docs/performance.md): writes benchmarks/results/latest.json and plots.

@@ -14,6 +14,8 @@ COPY pyproject.toml README.md LICENSE ./
 COPY gateway/ gateway/
 COPY decoder_worker/ decoder_worker/
 COPY shared/ shared/
+COPY batch_worker/ batch_worker/
+COPY ksc/ ksc/
 # Every dependency ships manylinux wheels: no compiler in this stage either.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir . \

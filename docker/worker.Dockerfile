@@ -16,6 +16,8 @@ COPY pyproject.toml README.md LICENSE ./
 COPY gateway/ gateway/
 COPY decoder_worker/ decoder_worker/
 COPY shared/ shared/
+COPY batch_worker/ batch_worker/
+COPY ksc/ ksc/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[worker]'
 
 # Stage 2: the runtime. Installing, preparing the model and removing the OpenFst tools

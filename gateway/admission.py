@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.hub import EventQueue
-from shared import cluster, sessions
+from shared import cluster, records
 from shared.keys import GROUP, Keys
 from shared.protocol import NoDecoderAvailable, UnknownModel
 from shared.wire import Claimed, SessionRequest
@@ -53,8 +53,8 @@ async def admit(
     free = await cluster.free_slots(redis, keys, request.model)
     if free <= 0 and wait <= 0:
         raise NoDecoderAvailable()
-    await sessions.create(redis, keys, request, sample_rate)
-    await sessions.enqueue(redis, keys, request)
+    await records.create(redis, keys, request, sample_rate)
+    await records.enqueue(redis, keys, request)
     report = on_position if free <= 0 else None
     waiter = asyncio.ensure_future(_claimed(events))
     try:
@@ -75,8 +75,8 @@ async def admit(
     except TimeoutError:
         if waiter.done() and not waiter.cancelled():
             return waiter.result()
-        if await sessions.cancel(redis, keys, request.sid):
-            await sessions.retire(redis, keys, request.sid, sessions.State.CANCELLED)
+        if await records.cancel(redis, keys, request.sid):
+            await records.retire(redis, keys, request.sid, records.State.CANCELLED)
             raise NoDecoderAvailable() from None
         # A worker claimed it in the last instant; its Claimed event is on its way.
         return await waiter

@@ -19,8 +19,7 @@ from contextlib import asynccontextmanager, suppress
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
-from gateway import auth, batch, http
-from gateway import web as web_page
+from gateway import auth, http, page, transcriptions
 from gateway.speech import handle_speech
 from gateway.state import GATEWAY, Gateway
 from gateway.vosk import handle_vosk
@@ -95,7 +94,7 @@ async def handle_cluster(request: web.Request) -> web.Response:
     """``/status``: the ``ksc status --json`` document."""
     gateway = request.app[GATEWAY]
     snap = await cluster.snapshot(gateway.redis, gateway.keys)
-    snap["batch"] = await batch.job_counts(request.app)
+    snap["batch"] = await transcriptions.job_counts(request.app)
     return web.json_response(snap)
 
 
@@ -111,8 +110,8 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/status", handle_cluster)
     http.add_routes(app)
-    batch.add_routes(app)
-    web_page.add_routes(app, upgrade=handle_vosk)  # vosk-server's dialect at / too
+    transcriptions.add_routes(app)
+    page.add_routes(app, upgrade=handle_vosk)  # vosk-server's dialect at / too
     app.router.add_get("/vosk", handle_vosk)
     app.router.add_get("/metrics", metrics.handler(gateway.metrics.registry))
     return app

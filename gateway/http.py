@@ -55,8 +55,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
 
+from gateway.core import Outcome, SessionCore
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
-from gateway.session import ClientSession, Outcome
 from gateway.state import GATEWAY, Gateway
 from shared.protocol import (
     BadRequest,
@@ -188,7 +188,7 @@ class _VerdictSink:
         pass
 
 
-def _reply(core: ClientSession) -> web.Response:
+def _reply(core: SessionCore) -> web.Response:
     failure = core.failure
     if failure is None:
         body = RecognitionReply(core.sid, core.transcript).serialize()

@@ -25,9 +25,10 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from shared import sessions
+from shared import records
 from shared.keys import Keys
 from shared.protocol import Status
+from shared.redis_client import backoff
 from shared.tasks import stop_tasks
 from shared.wire import (
     Claimed,
@@ -41,14 +42,8 @@ from shared.wire import (
 )
 
 log = logging.getLogger(__name__)
-#: Longest pause of the reader (and of reconciliation) between attempts while Redis is down.
-_BACKOFF_CAP_S = 2.0
 #: How long a new session waits for Redis to confirm its subscription.
 _SUBSCRIBE_TIMEOUT_S = 30.0
-
-
-def backoff(failures: int) -> float:
-    return float(min(_BACKOFF_CAP_S, 0.1 * 2 ** min(failures, 8)))
 
 
 class EventQueue:
@@ -225,7 +220,7 @@ class EventHub:
         meta = await self._redis.hgetall(self._keys.meta(sid))
         state = meta.get(b"state", b"").decode()
         if not state:  # the record is gone (or recreated by a late audio counter)
-            return Failed(int(Status.ABORTED), sessions.DATA_LOST)
+            return Failed(int(Status.ABORTED), records.DATA_LOST)
         if state == "decoding":
             return Claimed(worker=meta.get(b"owner", b"").decode())
         if state == "done":

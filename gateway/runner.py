@@ -6,11 +6,11 @@ hands :class:`SessionRunner` three things and does nothing else:
 * a :class:`SessionSpec` — model, content type, the client's ids for the log;
 * an :data:`AudioSource` — an async generator of audio pieces (``bytes``) and
   :data:`EOS`; ending without ``EOS`` means the client went away;
-* a :class:`ResultSink` — where the pure core's :class:`~gateway.session.Outcome`
+* a :class:`ResultSink` — where the pure core's :class:`~gateway.core.Outcome`
   goes (the websocket sends each message; HTTP keeps only the verdict).
 
 The runner does the rest: admission, normalisation, the audio stream, and worker
-events through :class:`~gateway.session.ClientSession`. Two tasks per session:
+events through :class:`~gateway.core.SessionCore`. Two tasks per session:
 ``_pump_audio`` reads the source, normalises and appends to the session's audio
 stream; ``_pump_events`` turns worker events into client messages.
 """
@@ -34,10 +34,11 @@ from gateway.admission import admit, choose_model
 from gateway.appender import Command
 from gateway.audio import AudioInput
 from gateway.auth import PRINCIPAL
+from gateway.core import Outcome, Phase, SessionCore
 from gateway.hub import EventQueue
 from gateway.limits import REFRESH_S, KeyLimits
-from gateway.session import ClientSession, Outcome, Phase
 from gateway.state import Gateway
+from shared.logs import SessionLog
 from shared.protocol import (
     Aborted,
     BadGrammar,
@@ -107,11 +108,6 @@ class SessionSpec:
     phrases: object = None
 
 
-class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: str, kwargs: dict) -> tuple[str, dict]:  # type: ignore[type-arg,override]
-        return f"[{self.extra['sid']}] {msg}", kwargs  # type: ignore[index]
-
-
 class SessionRunner:
     def __init__(
         self,
@@ -127,8 +123,8 @@ class SessionRunner:
         self.spec = spec
         self.source = source
         self.sink = sink
-        self.core = ClientSession(sid or uuid.uuid4().hex)
-        self.log = SessionLog(log, {"sid": self.core.sid})
+        self.core = SessionCore(sid or uuid.uuid4().hex)
+        self.log = SessionLog(log, self.core.sid)
         self.keys = gateway.keys
         self.redis = gateway.redis
         self.audio: AudioInput | None = None
@@ -150,7 +146,7 @@ class SessionRunner:
     def sid(self) -> str:
         return self.core.sid
 
-    async def run(self) -> ClientSession:
+    async def run(self) -> SessionCore:
         """Run the session to its end; the core then holds the finals and the verdict."""
         started = time.monotonic()
         outcome = "ok"

@@ -11,8 +11,8 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from gateway.core import Outcome
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
-from gateway.session import Outcome
 from gateway.state import GATEWAY
 from shared.config import GatewaySettings
 from shared.protocol import BadRequest, ClientText, phrases_param

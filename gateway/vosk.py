@@ -35,15 +35,14 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from gateway.core import Outcome, SessionCore
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
-from gateway.session import ClientSession, Outcome
 from gateway.speech import audio_socket
 from gateway.state import GATEWAY
-from shared.protocol import BadRequest, Status
+from shared.protocol import BadRequest, Status, to_json
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,6 @@ __all__ = ["VoskConfig", "VoskMessage", "VoskReplies", "handle_vosk", "parse_mes
 
 _CONFIG_KEYS = frozenset({"sample_rate", "words", "max_alternatives", "phrase_list"})
 _MIN_RATE, _MAX_RATE = 1000, 384000
-
-
-def _dump(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -129,12 +124,12 @@ def parse_message(text: str) -> VoskMessage:
 class VoskReplies:
     """What the client is told, from the session core's state (pure, no I/O)."""
 
-    core: ClientSession
+    core: SessionCore
     sent: int = 0  # finals already sent as {"text"}
     closed: bool = field(default=False)
 
     def _text(self, text: str) -> str:
-        return _dump({"text": text})
+        return to_json({"text": text})
 
     def for_audio(self) -> str:
         """The reply to an audio frame: the oldest unsent final, else the partial."""
@@ -143,7 +138,7 @@ class VoskReplies:
             return self._text(self.core.finals[self.sent - 1].text)
         partial = self.core.last_partial
         text = partial[1] if partial and partial[0] >= self.core.next_segment else ""
-        return _dump({"partial": text})
+        return to_json({"partial": text})
 
     def rest(self) -> str:
         """Every unsent final in one ``{"text"}`` (the reply to eof and reset)."""
@@ -155,7 +150,7 @@ class VoskReplies:
         failure = self.core.failure
         if failure is None:
             return None
-        return _dump({"error": failure.message, "status": int(failure.status)})
+        return to_json({"error": failure.message, "status": int(failure.status)})
 
 
 class _Sink:
@@ -210,11 +205,11 @@ async def handle_vosk(request: web.Request) -> web.WebSocketResponse:
                 if message.eof:
                     eof = True
                     break
-                await ws.send_str(_dump({"text": ""}))  # a reset before any audio
+                await ws.send_str(to_json({"text": ""}))  # a reset before any audio
             elif msg.type == WSMsgType.ERROR:
                 break
     except BadRequest as exc:
-        error = _dump({"error": str(exc), "status": int(Status.NOT_ALLOWED)})
+        error = to_json({"error": str(exc), "status": int(Status.NOT_ALLOWED)})
         await _fail(ws, error, Status.NOT_ALLOWED)
         return ws
     if ws.closed or (first is None and not eof):

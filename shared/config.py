@@ -211,7 +211,7 @@ class UpSettings(CommonSettings):
     sample: bool = setting(True, "transcribe the bundled sample once ready")
 
 
-def _converter(kind: Any) -> Callable[[str], Any]:
+def converter(kind: Any) -> Callable[[str], Any]:
     if kind in (bool, "bool"):
         return parse_bool
     if kind in (int, "int"):
@@ -231,7 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=_converter(f.type),
+            type=converter(f.type),
             default=None,
             metavar=str(f.type).upper(),
             help=f"{f.metadata['help']} [env {env_name(f.name)}, default {f.metadata['shown']}]",
@@ -252,7 +252,7 @@ def build(
         if given is None and env_name(f.name) in environ:
             raw = environ[env_name(f.name)]
             try:
-                given = _converter(f.type)(raw)
+                given = converter(f.type)(raw)
             except ValueError as exc:
                 raise SystemExit(f"bad value for {env_name(f.name)}: {exc}") from exc
         if given is not None:

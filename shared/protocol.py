@@ -158,7 +158,8 @@ def phrases_param(text: str) -> object:
         return text
 
 
-def _dump(obj: dict[str, Any]) -> str:
+def to_json(obj: Any) -> str:
+    """Every JSON text the service sends: UTF-8 as it is, not ``\\u`` escapes."""
     return json.dumps(obj, ensure_ascii=False)
 
 
@@ -181,7 +182,7 @@ class ResultMessage:
 
     def serialize(self) -> str:
         if self.processed is not None:
-            return _dump({**self.processed, "segment": self.segment, "id": self.sid})
+            return to_json({**self.processed, "segment": self.segment, "id": self.sid})
         hypothesis: dict[str, Any] = {"transcript": self.transcript}
         if self.original_transcript:
             hypothesis["original-transcript"] = self.original_transcript
@@ -197,7 +198,7 @@ class ResultMessage:
             msg["segment-start"] = self.segment_start
             msg["segment-length"] = self.segment_length
             msg["total-length"] = self.total_length
-        return _dump(msg)
+        return to_json(msg)
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class StatusMessage:
     message: str
 
     def serialize(self) -> str:
-        return _dump({"status": int(self.status), "message": self.message, "id": self.sid})
+        return to_json({"status": int(self.status), "message": self.message, "id": self.sid})
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,7 @@ class QueuePosition:
     position: int
 
     def serialize(self) -> str:
-        return _dump(
+        return to_json(
             {"status": int(Status.SUCCESS), "id": self.sid, "queue": {"position": self.position}}
         )
 
@@ -236,7 +237,7 @@ class ClusterStatus:
     num_requests_processed: int
 
     def serialize(self) -> str:
-        return _dump(
+        return to_json(
             {
                 "num_workers_available": self.num_workers_available,
                 "num_requests_processed": self.num_requests_processed,
@@ -276,7 +277,7 @@ class RecognitionReply:
     utterance: str
 
     def serialize(self) -> str:
-        return _dump(
+        return to_json(
             {
                 "status": int(Status.SUCCESS),
                 "id": self.sid,
@@ -293,7 +294,7 @@ class ErrorReply:
     message: str
 
     def serialize(self) -> str:
-        return _dump({"status": int(self.status), "message": self.message})
+        return to_json({"status": int(self.status), "message": self.message})
 
 
 @dataclass(frozen=True)
@@ -311,11 +312,11 @@ class Reference:
 
     def value(self) -> str:
         """The entry without its id: what a Redis hash field holds."""
-        return _dump(self._entry())
+        return to_json(self._entry())
 
     def serialize(self) -> str:
         """One reference as an HTTP reply: the entry plus its ``content-id``."""
-        return _dump({"content-id": self.content_id, **self._entry()})
+        return to_json({"content-id": self.content_id, **self._entry()})
 
     def _entry(self) -> dict[str, str]:
         return {"content": self.content, "user_id": self.user_id, "time": self.time}
@@ -336,4 +337,4 @@ class Reference:
 
 def serialize_references(references: list[Reference]) -> str:
     """Every reference, keyed by content id: the shape of the original's JSON file."""
-    return _dump({r.content_id: r._entry() for r in references})
+    return to_json({r.content_id: r._entry() for r in references})

@@ -76,6 +76,18 @@ _SCHEMES: dict[str, tuple[Kind, bool]] = {
 }
 
 
+#: Longest pause of a loop that retries Redis by itself (after the client's own retries).
+LOOP_BACKOFF_CAP_S = 2.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds a loop waits after ``failures`` consecutive Redis failures: 0.2, 0.4 … 2.
+
+    For loops that must outlive an outage (a worker's claim loop and heartbeat, the
+    gateway's pub/sub reader), on top of the retries every command already gets."""
+    return float(min(LOOP_BACKOFF_CAP_S, 0.1 * 2 ** min(failures, 8)))
+
+
 class RedisURLError(ValueError):
     """A Redis URL this module cannot use; the message says what is wrong."""
 

@@ -41,11 +41,11 @@ class Outcome:
     messages: list[str] = field(default_factory=list)
     close: bool = False
     #: Finals may have been missed: read the results stream, feed its finals through
-    #: :meth:`ClientSession.on_event`, then call :meth:`ClientSession.after_catch_up`.
+    #: :meth:`SessionCore.on_event`, then call :meth:`SessionCore.after_catch_up`.
     catch_up: bool = False
 
 
-class ClientSession:
+class SessionCore:
     def __init__(self, sid: str) -> None:
         self.sid = sid
         self.phase = Phase.CONNECTING

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import socket
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -67,25 +64,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _worker_settings(args: argparse.Namespace) -> tuple[WorkerSettings, dict[str, Any]]:
     """Flags, else environment, else the ``--config`` YAML file, else defaults; the
     file's endpoint-rule settings come back separately. Configures logging."""
-    from shared import worker_config
+    from decoder_worker import config_file
 
     settings = config.build(WorkerSettings, args, os.environ)
-    loaded = worker_config.WorkerFile()
+    loaded = config_file.WorkerFile()
     if settings.config:
         try:
-            loaded = worker_config.load(settings.config)
-        except worker_config.WorkerConfigError as exc:
+            loaded = config_file.load(settings.config)
+        except config_file.WorkerConfigError as exc:
             raise SystemExit(f"bad worker configuration: {exc}") from None
         settings = config.build(WorkerSettings, args, os.environ, loaded.settings)
     _setup_logging(settings.log_level)
     for line in loaded.ignored:
-        logging.getLogger("shared.worker_config").info("%s: %s", settings.config, line)
+        logging.getLogger("decoder_worker.config_file").info("%s: %s", settings.config, line)
     return settings, loaded.endpoint
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     _need_worker_extra()
-    from shared import up
+    from ksc import up
 
     settings = config.build(UpSettings, args, os.environ)
     _setup_logging(settings.log_level)
@@ -93,11 +90,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_batch_worker(args: argparse.Namespace) -> int:
-    from shared import batch
+    from batch_worker import pool
 
     settings = config.build(BatchWorkerSettings, args, os.environ)
     _setup_logging(settings.log_level)
-    return batch.run_worker(settings)
+    return pool.run(settings)
 
 
 def cmd_model_prepare(args: argparse.Namespace) -> int:
@@ -111,147 +108,28 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_from_redis(settings: CommonSettings) -> dict[str, Any]:
-    from shared import cluster, redis_client
-    from shared.keys import Keys
-
-    async def fetch() -> dict[str, Any]:
-        redis = redis_client.connect(settings.redis_url)
-        try:
-            return await cluster.snapshot(redis, Keys(settings.prefix))
-        finally:
-            await redis.aclose()
-
-    snap = asyncio.run(fetch())
-    snap["batch"] = _batch_counts(settings)
-    return snap
-
-
-def _batch_counts(settings: CommonSettings) -> dict[str, int] | None:
-    """Batch jobs by state (rq's queue and registries); None if they cannot be read."""
-    from redis.exceptions import RedisError
-
-    from shared import batch
-    from shared.keys import Keys
-    from shared.redis_client import RedisURLError
-
-    try:
-        connection = batch.connect_sync(settings.redis_url)
-        try:
-            return batch.counts(connection, Keys(settings.prefix))
-        finally:
-            connection.close()
-    except (RedisError, OSError, RedisURLError):
-        return None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    from ksc import status
+
     settings = config.build(CommonSettings, args, os.environ)
-    if args.url:
-        with urllib.request.urlopen(args.url.rstrip("/") + "/status", timeout=5) as resp:
-            snap = json.load(resp)
-    else:
-        snap = _status_from_redis(settings)
-    if args.json:
-        print(json.dumps(snap, indent=2, ensure_ascii=False))
-        return 0
-    print(f"workers: {len(snap['workers'])}   requests processed: {snap['requests_processed']}")
-    rows: list[tuple[str, ...]] = [("ID", "HOST", "PID", "SLOTS FREE/TOTAL", "MODELS")]
-    rows += [
-        (
-            w["id"],
-            w["host"],
-            str(w["pid"]),
-            f"{w['slots_free']}/{w['slots_total']}",
-            ",".join(w["models"]),
-        )
-        for w in snap["workers"]
-    ]
-    _table(rows)
-    print(f"\nlive sessions: {len(snap['sessions'])}")
-    rows = [("ID", "MODEL", "STATE", "OWNER", "AUDIO S", "AGE S", "TAKEN OVER")]
-    rows += [
-        (
-            s["id"],
-            s["model"],
-            s["state"],
-            s["owner"],
-            f"{s['audio_seconds']:.1f}",
-            f"{s['age']:.0f}",
-            f"{s['takeovers']}x" if s.get("takeovers") else "",
-        )
-        for s in snap["sessions"]
-    ]
-    _table(rows)
-    jobs = snap.get("batch")
-    if jobs is not None:
-        print("\nbatch jobs: " + "   ".join(f"{state} {jobs.get(state, 0)}" for state in jobs))
-    p = settings.prefix
-    print(
-        "\nthe same raw data with redis-cli:\n"
-        f"  XINFO GROUPS {p}:sessions:MODEL         # lag = waiting, pending = decoding\n"
-        f"  XPENDING {p}:sessions:MODEL decoders    # which worker has which session\n"
-        f"  HGETALL {p}:worker:WORKER_ID            # a worker's heartbeat\n"
-        f"  HGETALL '{p}:{{SESSION_ID}}:meta'         # a session's record\n"
-        f"  XRANGE '{p}:{{SESSION_ID}}:results' - +   # its finals\n"
-        f"batch jobs with rq:\n"
-        f"  rq info --url REDIS_URL {p}-batch       # queue and rq workers\n"
-        f"  HGETALL rq:job:JOB_ID                   # a batch job (JSON fields)"
-    )
-    return 0
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def cmd_transcribe(args: argparse.Namespace) -> int:
-    from shared import transcribe
-
-    if args.batch:
-        return transcribe.run_batch(args.files, args.url, args.format, args.output)
-    return transcribe.run(args.files, args.url, args.format, args.output, args.realtime)
+    return status.show(settings, url=args.url, as_json=args.json)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Probe for containers: exit 0 when healthy, 1 (with the reason) when not."""
+    from ksc import status
+
     if args.role == "gateway":
-        try:
-            with urllib.request.urlopen(args.url.rstrip("/") + "/readyz", timeout=5) as resp:
-                return 0 if resp.status == 200 else 1
-        except OSError as exc:
-            print(f"gateway not ready: {exc}", file=sys.stderr)
-            return 1
-    settings = config.build(WorkerSettings, args, os.environ)
+        return status.check_gateway(args.url)
+    return status.check_worker(config.build(WorkerSettings, args, os.environ))
 
-    async def heartbeat_age() -> float | None:
-        from shared import cluster, redis_client
-        from shared.keys import Keys
 
-        redis = redis_client.connect(settings.redis_url)
-        try:
-            for worker in await cluster.workers(redis, Keys(settings.prefix)):
-                if worker.id == settings.worker_id or (
-                    not settings.worker_id and worker.host == socket.gethostname()
-                ):
-                    return worker.heartbeat_age
-            return None
-        finally:
-            await redis.aclose()
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from ksc import transcribe
 
-    from redis.exceptions import RedisError
-
-    try:
-        age = asyncio.run(heartbeat_age())
-    except (OSError, RedisError) as exc:
-        print(f"redis unreachable: {exc}", file=sys.stderr)
-        return 1
-    if age is None:
-        print("no fresh heartbeat for this worker", file=sys.stderr)
-        return 1
-    return 0
+    if args.batch:
+        return transcribe.run_batch(args.files, args.url, args.format, args.output)
+    return transcribe.run(args.files, args.url, args.format, args.output, args.realtime)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,13 +8,14 @@ all of this works unchanged in Redis Cluster.
 
 Leases: the owner of a ``decoding`` session renews ``lease_until`` (Redis server time, ms)
 every heartbeat. Another worker may take the session over only once the lease has run
-out; it then resumes from the :class:`ReplayPoint` the owner saved with its last final.
+out; it then resumes from the replay point the owner saved with its last final (its
+fields are defined by ``decoder_worker.replay.ReplayPoint``; this module stores them).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -134,39 +135,6 @@ async def renew(redis: Redis, keys: Keys, sid: str, worker_id: str, lease: float
     return bool(await redis.eval(_RENEW, 1, keys.meta(sid), worker_id, int(lease * 1000)))
 
 
-@dataclass(frozen=True)
-class ReplayPoint:
-    """Where decoding of a session resumes: the start of its open segment.
-
-    ``after`` is the audio-stream entry id to read after (exclusive), ``base`` the
-    absolute sample index of the first sample of the next entry, ``sample`` the
-    absolute sample index the decoder restarts at (``sample >= base``), ``segment`` the
-    number of the next final.
-    """
-
-    segment: int = 0
-    after: str = "0-0"
-    base: int = 0
-    sample: int = 0
-
-    def fields(self) -> dict[str, str | int]:
-        return {
-            "next_segment": self.segment,
-            "replay_after": self.after,
-            "replay_base": self.base,
-            "replay_sample": self.sample,
-        }
-
-    @classmethod
-    def read(cls, meta: dict[bytes, bytes]) -> ReplayPoint:
-        return cls(
-            segment=int(meta.get(b"next_segment", b"0")),
-            after=meta.get(b"replay_after", b"0-0").decode(),
-            base=int(meta.get(b"replay_base", b"0")),
-            sample=int(meta.get(b"replay_sample", b"0")),
-        )
-
-
 async def cancel(redis: Redis, keys: Keys, sid: str) -> bool:
     return await transition(redis, keys, sid, State.QUEUED, State.CANCELLED)
 
@@ -188,10 +156,9 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'decoding' then return 0 end
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 local n = tonumber(ARGV[2])
 for i = 1, n do redis.call('XADD', KEYS[2], '*', 'event', ARGV[2 + i]) end
-local j = 3 + n
-redis.call('HSET', KEYS[1], 'next_segment', ARGV[j], 'replay_after', ARGV[j + 1],
-           'replay_base', ARGV[j + 2], 'replay_sample', ARGV[j + 3])
-if ARGV[j + 4] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[j + 4]) end
+local trim = ARGV[3 + n]
+redis.call('HSET', KEYS[1], unpack(ARGV, 4 + n))
+if trim ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', trim) end
 return 1
 """
 
@@ -210,23 +177,15 @@ async def save_finals(
     sid: str,
     worker_id: str,
     finals: list[bytes],
-    point: ReplayPoint,
+    replay: Mapping[str, str | int],
     trim_before: str,
 ) -> bool:
-    """Store serialized finals and the new replay point, and trim the audio stream
-    before ``trim_before`` (an entry id, or ``""``), atomically and only while
-    ``worker_id`` owns the session. False: the session is no longer ours."""
-    fields = point.fields()
-    args = [
-        worker_id,
-        len(finals),
-        *finals,
-        fields["next_segment"],
-        fields["replay_after"],
-        fields["replay_base"],
-        fields["replay_sample"],
-        trim_before,
-    ]
+    """Store serialized finals and the new replay point (``replay``: the record fields
+    that hold it, at least one), and trim the audio stream before ``trim_before`` (an
+    entry id, or ``""``), atomically and only while ``worker_id`` owns the session.
+    False: the session is no longer ours."""
+    pairs = [item for name, value in replay.items() for item in (name, value)]
+    args = [worker_id, len(finals), *finals, trim_before, *pairs]
     session_keys = (keys.meta(sid), keys.results(sid), keys.audio(sid))
     return bool(await redis.eval(_SAVE_FINALS, 3, *session_keys, *args))
 

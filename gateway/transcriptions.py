@@ -6,7 +6,7 @@ PCM, anything else means "detect from the bytes") or a ``multipart/form-data`` f
 with the audio in the field ``file`` (its part's ``Content-Type`` counts the same
 way). ``?model=`` picks a model. The upload is stored in Redis (every gateway replica
 and batch worker sees it; bounded by ``batch_max_bytes``) and an rq job is enqueued
-(:mod:`shared.batch` runs it). The answer is ``202 {"id": …, "state": "queued"}`` with
+(:mod:`batch_worker` runs it). The answer is ``202 {"id": …, "state": "queued"}`` with
 a ``Location`` to poll.
 
 ==============================================  ====  =====================================
@@ -41,7 +41,7 @@ from gateway.audio import parse_caps
 from gateway.formats import SNIFF_BYTES, sniff
 from gateway.http import RETRY_AFTER_S
 from gateway.state import GATEWAY, Gateway
-from shared import batch
+from shared import jobs
 from shared.keys import BATCH_AUDIO_TTL_S
 from shared.protocol import (
     BadRequest,
@@ -50,6 +50,7 @@ from shared.protocol import (
     Status,
     UnknownModel,
     UnsupportedAudio,
+    to_json,
 )
 from shared.redis_client import RedisURLError
 
@@ -68,7 +69,7 @@ class _Rq:
 
     def get(self, gateway: Gateway) -> SyncRedis:
         if self.connection is None:
-            self.connection = batch.connect_sync(gateway.settings.redis_url)
+            self.connection = jobs.connect_sync(gateway.settings.redis_url)
         return self.connection
 
     async def close(self, app: web.Application) -> None:
@@ -152,7 +153,7 @@ async def handle_submit(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     job_id = uuid.uuid4().hex
     keys = gateway.keys
-    request_ = batch.JobRequest(
+    request_ = jobs.JobRequest(
         model=model,
         content_type=content_type,
         audio_key=keys.batch_audio(job_id),
@@ -185,11 +186,11 @@ async def handle_submit(request: web.Request) -> web.Response:
 
 
 def _enqueue(
-    connection: SyncRedis, gateway: Gateway, job_id: str, request: batch.JobRequest
+    connection: SyncRedis, gateway: Gateway, job_id: str, request: jobs.JobRequest
 ) -> None:
     settings = gateway.settings
-    batch.queue(connection, gateway.keys).enqueue(
-        batch.JOB_FUNCTION,
+    jobs.queue(connection, gateway.keys).enqueue(
+        jobs.JOB_FUNCTION,
         kwargs={"request": request.__dict__},
         job_id=job_id,
         result_ttl=settings.batch_result_ttl,
@@ -205,8 +206,8 @@ async def handle_get(request: web.Request) -> web.Response:
 
     def look() -> dict[str, Any] | None:
         connection = request.app[_RQ].get(gateway)
-        job = batch.fetch(connection, job_id)
-        return batch.describe(job) if job is not None else None
+        job = jobs.fetch(connection, job_id)
+        return jobs.describe(job) if job is not None else None
 
     try:
         doc = await asyncio.to_thread(look)
@@ -216,13 +217,7 @@ async def handle_get(request: web.Request) -> web.Response:
         return _error(503, f"Redis unavailable: {exc}", Status.NOT_AVAILABLE)
     if doc is None:
         return _error(404, f"No transcription job {job_id!r} (never submitted, or expired)")
-    return web.json_response(doc, dumps=_dumps)
-
-
-def _dumps(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, ensure_ascii=False)
+    return web.json_response(doc, dumps=to_json)
 
 
 async def job_counts(app: web.Application) -> dict[str, int] | None:
@@ -230,7 +225,7 @@ async def job_counts(app: web.Application) -> dict[str, int] | None:
     gateway = app[GATEWAY]
     rq = app[_RQ]
     try:
-        return await asyncio.to_thread(lambda: batch.counts(rq.get(gateway), gateway.keys))
+        return await asyncio.to_thread(lambda: jobs.counts(rq.get(gateway), gateway.keys))
     except (RedisError, OSError, RedisURLError) as exc:
         log.debug("batch counts: %s", exc)
         return None

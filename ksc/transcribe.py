@@ -27,7 +27,7 @@ import av
 import websockets
 from tqdm import tqdm
 
-from shared.client import Transcript, speech_url, stream
+from ksc.client import Transcript, speech_url, stream
 
 EXIT_OK, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_BAD_FILE = 0, 1, 3, 4
 FORMATS = ("text", "json", "srt", "vtt")
@@ -197,10 +197,10 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
     """``--batch``: submit every file as a batch job (so they decode in parallel on the
     cluster), then wait for each and write it like a streamed one. Same exit codes; an
     upload the gateway refuses as too large or not audio (413, 415) counts as a bad file."""
-    from shared import batch
+    from ksc import batch_client
 
     err = sys.stderr
-    base = batch.http_base(url)
+    base = batch_client.http_base(url)
     code = EXIT_OK
     jobs: list[tuple[str, str]] = []
     for name in files:
@@ -209,8 +209,8 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
             code = max(code, EXIT_BAD_FILE)
             continue
         try:
-            jobs.append((name, batch.submit(base, data)))
-        except batch.SubmitError as exc:
+            jobs.append((name, batch_client.submit(base, data)))
+        except batch_client.SubmitError as exc:
             print(f"{name}: {exc}", file=err)
             code = max(code, EXIT_BAD_FILE if exc.code in (400, 413, 415) else EXIT_SERVER)
         except OSError as exc:
@@ -218,8 +218,8 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
             return EXIT_UNREACHABLE
     for name, job_id in jobs:
         try:
-            doc = batch.wait(base, job_id)
-        except (OSError, batch.SubmitError) as exc:
+            doc = batch_client.wait(base, job_id)
+        except (OSError, batch_client.SubmitError) as exc:
             print(f"{base}: cannot reach the server: {exc}", file=err)
             return EXIT_UNREACHABLE
         if doc["state"] == "failed":
@@ -228,6 +228,6 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
             )
             code = max(code, EXIT_SERVER)
             continue
-        text = render(batch.as_transcript(doc), fmt, name)
+        text = render(batch_client.as_transcript(doc), fmt, name)
         _write(text, out, name, fmt, many=len(files) > 1, err=err, note=f" (job {job_id})")
     return code

@@ -1,0 +1,96 @@
+"""The HTTP client of the batch API, for ``ksc transcribe --batch``.
+
+It submits a file (``POST /v1/transcriptions``), polls the job until it has ended, and
+turns a finished job into the messages a streaming session would have sent, so one
+writer renders both (:func:`ksc.transcribe.render`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ksc.client import Transcript
+
+
+class SubmitError(Exception):
+    """The gateway refused an upload: ``code`` is the HTTP status, ``message`` its reason."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"HTTP {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def http_base(url: str) -> str:
+    """``ws://host:port`` (the CLI's default form) -> ``http://host:port``."""
+    url = url.rstrip("/")
+    for ws, http in (("wss://", "https://"), ("ws://", "http://")):
+        if url.startswith(ws):
+            return http + url[len(ws) :]
+    return url
+
+
+def _call(request: urllib.request.Request) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            doc: dict[str, Any] = json.load(resp)
+            return doc
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        try:
+            message = str(json.loads(body).get("message", body))
+        except ValueError:
+            message = body
+        raise SubmitError(exc.code, message) from None
+
+
+def submit(base: str, data: bytes, *, model: str = "") -> str:
+    """POST one file; returns the job id (:class:`SubmitError`, or OSError if unreachable)."""
+    query = f"?{urllib.parse.urlencode({'model': model})}" if model else ""
+    request = urllib.request.Request(
+        f"{base}/v1/transcriptions{query}",
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    return str(_call(request)["id"])
+
+
+def status(base: str, job_id: str) -> dict[str, Any]:
+    return _call(urllib.request.Request(f"{base}/v1/transcriptions/{job_id}"))
+
+
+def wait(base: str, job_id: str, *, interval: float = 0.5) -> dict[str, Any]:
+    """Poll until the job has finished or failed; returns its last document."""
+    while True:
+        doc = status(base, job_id)
+        if doc["state"] in ("finished", "failed"):
+            return doc
+        time.sleep(interval)
+
+
+def as_transcript(doc: dict[str, Any]) -> Transcript:
+    """A finished job's segments as the messages a streaming session would have sent,
+    so :func:`ksc.transcribe.render` writes every format from either."""
+    result = Transcript()
+    for seg in doc.get("segments", []):
+        result.messages.append(
+            {
+                "status": 0,
+                "id": doc["id"],
+                "segment": seg["segment"],
+                "result": {
+                    "hypotheses": [{"transcript": seg["text"], "likelihood": seg["likelihood"]}],
+                    "final": True,
+                },
+                "segment-start": seg["start"],
+                "segment-length": seg["length"],
+                "total-length": doc.get("duration", 0.0),
+            }
+        )
+    return result

@@ -1,0 +1,163 @@
+"""``ksc up``: the whole cluster on this machine, in the foreground.
+
+Starts a private ``redis-server`` (unless given a URL), one gateway, N decoder
+workers and one batch worker (``ksc batch-worker``) as child processes, waits until
+they are ready, transcribes the bundled sample through the gateway, and then
+supervises (:mod:`ksc.up.supervisor`): a process that exits is started again, and one
+that stops answering its ``/healthz`` (three checks in a row, 2 s apart, once it has
+answered at all) counts as hung and is killed and started again. Ctrl-C or SIGTERM
+stops every process it started, Redis last.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from ksc.client import transcribe_file
+from ksc.local_redis import LocalRedis, free_port
+from ksc.up.models import ModelSpec, parse_models
+from ksc.up.process import Process
+from ksc.up.supervisor import StartFailed, Supervisor
+from shared.config import UpSettings
+
+SAMPLE = "ko-sample.wav"
+
+
+def run(settings: UpSettings) -> int:
+    """Prepare, start, announce, supervise until Ctrl-C or SIGTERM; the exit code."""
+    from decoder_worker.model import prepare_model
+
+    started = time.monotonic()
+    cache = Path(settings.cache)
+    models = parse_models(settings.model)
+    for source in dict.fromkeys(spec.source for spec in models):
+        print(f"preparing model {source} …", flush=True)
+        prepare_model(source, cache_dir=cache)
+    # One model per worker process; workers go round the models, at least one each.
+    assigned = [models[i % len(models)] for i in range(max(settings.workers, len(models)))]
+    redis = None if settings.redis_url else LocalRedis(cache / "redis")
+    if redis is not None:
+        redis.start()
+    redis_url = settings.redis_url or (redis.url if redis else "")
+    metrics_ports = [free_port() for _ in assigned]
+    supervisor = Supervisor(_processes(settings, redis_url, models, assigned, metrics_ports))
+    supervisor.install_signal_handlers()
+    http = f"http://{_local(settings.host)}:{settings.port}"
+    total_slots = sum(spec.slots(settings.slots) for spec in assigned)
+    try:
+        supervisor.start()
+        if not supervisor.wait_until(lambda: _ready(http, total_slots)):
+            return 0
+        print(f"ready in {time.monotonic() - started:.1f} s", flush=True)
+        _announce(settings, http, redis_url, models, assigned, metrics_ports)
+        if settings.sample:
+            _transcribe_sample(http)
+        supervisor.check()  # a first health round: from here on a silence counts
+        print("serving; Ctrl-C stops the cluster", flush=True)
+        supervisor.supervise()
+        return 0
+    except StartFailed as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        print("stopping …", flush=True)
+        supervisor.stop()
+        if redis is not None:
+            redis.stop()
+
+
+def _processes(
+    settings: UpSettings,
+    redis_url: str,
+    models: list[ModelSpec],
+    assigned: list[ModelSpec],
+    metrics_ports: list[int],
+) -> list[Process]:
+    """The gateway, a worker per assigned model, and the batch worker."""
+    common = ["--redis-url", redis_url, "--prefix", settings.prefix]
+    common += ["--log-level", settings.log_level]
+    gateway = Process(
+        "gateway",
+        _ksc(
+            "gateway",
+            *common,
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+            "--model",
+            models[0].id,
+        ),
+        health=f"http://{_local(settings.host)}:{settings.port}/healthz",
+    )
+    workers = [
+        Process(
+            f"worker-{i}",
+            _ksc(
+                "worker",
+                *common,
+                "--slots",
+                str(settings.slots),
+                "--cache",
+                settings.cache,
+                "--metrics-port",
+                str(port),
+                *spec.argv(),
+            ),
+            health=f"http://127.0.0.1:{port}/healthz",
+        )
+        for i, (spec, port) in enumerate(zip(assigned, metrics_ports, strict=True))
+    ]
+    # Batch jobs (POST /v1/transcriptions) run on the same decoders; see docs/batch.md.
+    return [gateway, *workers, Process("batch-worker", _ksc("batch-worker", *common))]
+
+
+def _local(host: str) -> str:
+    """An address to reach a server listening on ``host`` from this machine."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _ksc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ksc", *args]
+
+
+def _ready(url: str, slots: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            return bool(json.load(resp).get("slots", 0) >= slots)
+    except OSError:
+        return False
+
+
+def _announce(
+    settings: UpSettings,
+    http: str,
+    redis_url: str,
+    models: list[ModelSpec],
+    assigned: list[ModelSpec],
+    metrics_ports: list[int],
+) -> None:
+    host = _local(settings.host)
+    print(f"  web page   {http}/", flush=True)
+    print(f"  websocket  ws://{host}:{settings.port}/client/ws/speech", flush=True)
+    print(f"  status     ws://{host}:{settings.port}/client/ws/status", flush=True)
+    print(f"  health     {http}/readyz", flush=True)
+    print(f"  redis      {redis_url}", flush=True)
+    print(f"  batch      POST {http}/v1/transcriptions", flush=True)
+    for spec in models:
+        count = sum(1 for a in assigned if a is spec)
+        print(f"  model      {spec.id} ({spec.source}, {count} worker(s))", flush=True)
+    ports = ", ".join(str(p) for p in metrics_ports)
+    print(f"  metrics    {http}/metrics (gateway), workers on ports {ports}", flush=True)
+
+
+def _transcribe_sample(http: str) -> None:
+    sample = resources.files("shared") / "samples" / SAMPLE
+    with resources.as_file(sample) as path:
+        started = time.monotonic()
+        result = transcribe_file(http.replace("http", "ws", 1), path)
+    print(f"sample {SAMPLE} ({time.monotonic() - started:.1f} s): {result.text}", flush=True)
