@@ -17,40 +17,18 @@ from __future__ import annotations
 
 import ctypes
 import os
-import pickle
 import signal
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
-from typing import Any
+from typing import TypeVar, assert_never
 
+from decoder_worker import pipes
 from decoder_worker.engine import Engine
 from decoder_worker.gate import CpuGate
 
-HEADER = struct.Struct("!I")  # the length prefix of every frame
 _PR_SET_PDEATHSIG = 1
-
-
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        part = sock.recv(size - len(buf))
-        if not part:
-            raise EOFError
-        buf += part
-    return bytes(buf)
-
-
-def send_frame(sock: socket.socket, obj: Any) -> None:
-    """One length-prefixed pickle; only ever between this program's own processes."""
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(HEADER.pack(len(data)) + data)
-
-
-def recv_frame(sock: socket.socket) -> Any:
-    (size,) = HEADER.unpack(recv_exact(sock, HEADER.size))
-    return pickle.loads(recv_exact(sock, size))
+_Reply = TypeVar("_Reply", pipes.BestPath, pipes.Finished)
 
 
 def become_child(keep: socket.socket, close: Sequence[int] = ()) -> None:
@@ -94,19 +72,19 @@ def fork_process(
 def _utterance_main(sock: socket.socket, engine: Engine, gate: CpuGate | None) -> None:
     held = gate.held if gate is not None else nullcontext
     while True:
-        kind, *args = recv_frame(sock)
-        if kind == "accept":
-            with held():
-                engine.accept(args[0])
-        elif kind == "partial":  # a traceback: too short to queue for
-            send_frame(sock, engine.partial())
-        elif kind == "finish":
-            with held():
-                result = engine.finish()
-            send_frame(sock, result)
-            return
-        else:
-            raise ValueError(f"unknown engine command {kind!r}")
+        match pipes.recv_to_utterance(sock):
+            case pipes.Accept(pcm):
+                with held():
+                    engine.accept(pcm)
+            case pipes.Peek():  # a traceback: too short to queue for
+                pipes.send(sock, pipes.BestPath(engine.partial()))
+            case pipes.Finish():
+                with held():
+                    text, likelihood = engine.finish()
+                pipes.send(sock, pipes.Finished(text, likelihood))
+                return
+            case unknown:
+                assert_never(unknown)
 
 
 class ForkingEngine:
@@ -134,31 +112,35 @@ class ForkingEngine:
     def accept(self, pcm: bytes) -> None:
         if not pcm:
             return
-        send_frame(self._sock or self._start(), ("accept", pcm))
+        pipes.send(self._sock or self._start(), pipes.Accept(pcm))
 
     def partial(self) -> str:
         if self._sock is None:
             return ""
-        send_frame(self._sock, ("partial",))
-        return str(self._reply())
+        pipes.send(self._sock, pipes.Peek())
+        return self._reply(pipes.BestPath).text
 
     def finish(self) -> tuple[str, float]:
         if self._sock is None:
             return "", 0.0
         try:
-            send_frame(self._sock, ("finish",))
-            text, likelihood = self._reply()
-            return str(text), float(likelihood)
+            pipes.send(self._sock, pipes.Finish())
+            reply = self._reply(pipes.Finished)
+            return reply.text, reply.likelihood
         finally:
             self._reap(kill=False)  # it exits by itself after answering
 
-    def _reply(self) -> Any:
+    def _reply(self, expected: type[_Reply]) -> _Reply:
         assert self._sock is not None
         try:
-            return recv_frame(self._sock)
+            reply = pipes.recv_from_utterance(self._sock)
         except EOFError:
             self._reap(kill=True)
             raise RuntimeError("the utterance's decoder process died") from None
+        if not isinstance(reply, expected):
+            self._reap(kill=True)
+            raise pipes.PipeError(f"{type(reply).__name__} where {expected.__name__} was due")
+        return reply
 
     def close(self) -> None:
         """Abandon the open utterance, if any: its process is killed and reaped."""

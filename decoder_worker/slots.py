@@ -7,17 +7,8 @@ model's pages stay shared copy-on-write, the Kaldi call never blocks the worker'
 loop, and every utterance decodes from the same state. When the session ends its
 process exits, and whatever its decoders cached goes with it.
 
-Worker -> session process:  [("grammar", fst_text)]  phrase list: no dictation
-                            ("start", first_segment, offset_samples, partial_interval)
-                            ("audio", pcm) ... ("end",) | ("abort",)
-Session process -> worker:  ("events", [Partial | Final, ...], replay_sample) ...
-                            (also with no events, every ``REPORT_EVERY_S`` of audio)
-                            ("ended", samples)
-                            ("no speech", samples)  silence_timeout reached; it exits
-                            ("error", message)   decoding failed; the process exits
-
-``replay_sample`` is the recognizer's ``open_segment_start`` after those events: where a
-replacement would have to restart to lose nothing.
+The messages on the pipe between the worker and a session process, and those between
+that process and its utterances' processes, are defined in :mod:`decoder_worker.pipes`.
 """
 
 from __future__ import annotations
@@ -25,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
 import signal
 import socket
 from contextlib import suppress
-from typing import Any
+from typing import assert_never
 
+from decoder_worker import pipes
 from decoder_worker.engine import Engine
-from decoder_worker.forking import HEADER, ForkingEngine, fork_process, recv_frame, send_frame
+from decoder_worker.forking import ForkingEngine, fork_process
 from decoder_worker.gate import CpuGate
 from decoder_worker.grammar import GrammarError, Restrictable
 from decoder_worker.model import EndpointRules
@@ -59,22 +50,21 @@ def _serve_one_session(
     silence_timeout: float = 0.0,
     gate: CpuGate | None = None,
 ) -> None:
-    msg = recv_frame(sock)
-    if msg[0] == "grammar":
+    msg = pipes.recv_to_session(sock)
+    if isinstance(msg, pipes.Grammar):
         if not isinstance(engine, Restrictable):
             raise GrammarError("Bad grammar: this engine does not support phrase lists")
-        engine.restrict(msg[1])  # this process's copy; every utterance forks from it
-        msg = recv_frame(sock)
-    kind, first_segment, offset, interval = msg
-    if kind != "start":
-        raise ValueError(f"expected start, got {kind!r}")
+        engine.restrict(msg.fst)  # this process's copy; every utterance forks from it
+        msg = pipes.recv_to_session(sock)
+    if not isinstance(msg, pipes.Start):
+        raise pipes.PipeError(f"a session must begin with Start, not {type(msg).__name__}")
     utterances = ForkingEngine(engine, gate)
     recognizer = Recognizer(
         utterances,
         rules,
-        partial_interval=interval,
-        first_segment=first_segment,
-        offset_samples=offset,
+        partial_interval=msg.partial_interval,
+        first_segment=msg.first_segment,
+        offset_samples=msg.offset_samples,
     )
     # Without results (a long silence) the replay point still moves on, so that the
     # worker can trim the audio stream: report it every REPORT_EVERY_S of audio.
@@ -85,23 +75,30 @@ def _serve_one_session(
     no_speech_limit = int(silence_timeout * engine.sample_rate)
     try:
         while True:
-            msg = recv_frame(sock)
-            if msg[0] == "audio":
-                events = recognizer.feed(msg[1])
-                if events or recognizer.samples_received - reported >= report_every:
-                    send_frame(sock, ("events", events, recognizer.open_segment_start))
-                    reported = recognizer.samples_received
-                if no_speech_limit and recognizer.samples_without_speech >= no_speech_limit:
-                    send_frame(sock, ("no speech", recognizer.samples_received))
+            match pipes.recv_to_session(sock):
+                case pipes.Audio(pcm):
+                    events = recognizer.feed(pcm)
+                    if events or recognizer.samples_received - reported >= report_every:
+                        report = pipes.Events(tuple(events), recognizer.open_segment_start)
+                        pipes.send(sock, report)
+                        reported = recognizer.samples_received
+                    if no_speech_limit and recognizer.samples_without_speech >= no_speech_limit:
+                        pipes.send(sock, pipes.NoSpeech(recognizer.samples_received))
+                        return
+                case pipes.End():
+                    events = recognizer.end()
+                    if events:
+                        report = pipes.Events(tuple(events), recognizer.open_segment_start)
+                        pipes.send(sock, report)
+                    pipes.send(sock, pipes.Ended(recognizer.samples_received))
                     return
-            elif msg[0] in ("end", "abort"):
-                events = recognizer.end() if msg[0] == "end" else []
-                if events:
-                    send_frame(sock, ("events", events, recognizer.open_segment_start))
-                send_frame(sock, ("ended", recognizer.samples_received))
-                return
-            else:
-                raise ValueError(f"unknown decoder command {msg[0]!r}")
+                case pipes.Abort():
+                    pipes.send(sock, pipes.Ended(recognizer.samples_received))
+                    return
+                case pipes.Grammar() | pipes.Start() as late:
+                    raise pipes.PipeError(f"{type(late).__name__} in the middle of a session")
+                case unknown:
+                    assert_never(unknown)
     finally:
         utterances.close()
 
@@ -123,18 +120,18 @@ class Slot:
     def fileno(self) -> int:
         return int(self._writer.get_extra_info("socket").fileno())
 
-    async def send(self, *msg: Any) -> None:
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    async def send(self, msg: pipes.ToSession) -> None:
         try:
-            self._writer.write(HEADER.pack(len(data)) + data)
+            self._writer.write(pipes.encode(msg))
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
             raise SlotDied(f"decoder process {self.pid}") from exc
 
-    async def recv(self) -> Any:
+    async def recv(self) -> pipes.FromSession:
+        """The process's next message; :class:`~decoder_worker.pipes.PipeError` if it
+        sent something else."""
         try:
-            (size,) = HEADER.unpack(await self._reader.readexactly(HEADER.size))
-            return pickle.loads(await self._reader.readexactly(size))
+            return await pipes.read_from_session(self._reader)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise SlotDied(f"decoder process {self.pid}") from exc
 
@@ -218,7 +215,7 @@ class DecoderPool:
         except Exception as exc:
             log.exception("decoder process failed")
             with suppress(OSError):
-                send_frame(sock, ("error", f"{type(exc).__name__}: {exc}"))
+                pipes.send(sock, pipes.Crashed(f"{type(exc).__name__}: {exc}"))
             raise
 
     async def reap(self, slot: Slot) -> float:

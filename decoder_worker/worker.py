@@ -3,15 +3,15 @@
 Where a session is claimed: :meth:`Worker._claim_loop`. Holding a free slot, it first
 asks for sessions whose owner stopped renewing its lease (``XAUTOCLAIM`` on the model's
 sessions stream, consumer group ``decoders``), then for new ones (``XREADGROUP``), and
-wins a session with an atomic script on its record (:func:`shared.sessions.claim`).
-Each session then runs as a :class:`~decoder_worker.session.SessionRun`.
+wins a session with an atomic script on its record (:func:`shared.records.claim`).
+Each session then runs as a :class:`~decoder_worker.claimed.ClaimedSession`.
 
 Every heartbeat renews the lease of each running session, both in its record and by
 resetting its pending entry's idle time (``XCLAIM … JUSTID``).
 
 Redis going away: the heartbeat and the claim loop log, back off and try again; a
 consumer group that vanished (Redis restarted without its data) is created again.
-Sessions meeting the outage are handled in :mod:`decoder_worker.session`.
+Sessions meeting the outage are handled in :mod:`decoder_worker.claimed`.
 
 Shutdown: stop claiming -> advertise no free slot -> let running sessions finish for up
 to ``drain_timeout`` -> release the rest to other workers -> stop the decoder processes
@@ -37,30 +37,23 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from decoder_worker.claimed import ClaimedSession, WorkerServices
 from decoder_worker.gate import CpuGate, usable_cpus
 from decoder_worker.grammar import GrammarCompiler
 from decoder_worker.model import PreparedModel
 from decoder_worker.postprocess import PostProcessors
-from decoder_worker.session import SessionRun
 from decoder_worker.slots import DecoderPool
-from shared import metrics, redis_client, sessions
+from shared import metrics, records, redis_client
 from shared.config import WorkerSettings
 from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, WORKER_TTL_S, Keys
 from shared.metrics import WorkerMetrics
-from shared.sessions import Claim
+from shared.records import Claim
 from shared.tasks import stop_tasks
+from shared.version import VERSION
 from shared.wire import SessionRequest
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
 _BLOCK_MS = 500
-#: Longest pause between two attempts of a loop while Redis is unreachable.
-_BACKOFF_CAP_S = 2.0
-
-
-def backoff(failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive failures: 0.2, 0.4 … 2."""
-    return float(min(_BACKOFF_CAP_S, 0.1 * 2 ** min(failures, 8)))
 
 
 class Worker:
@@ -81,7 +74,7 @@ class Worker:
         self.id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.redis: Redis = redis_client.connect(settings.redis_url)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runs: dict[str, SessionRun] = {}
+        self._runs: dict[str, ClaimedSession] = {}
         self._busy = 0
         self.draining = False
         self.metrics = WorkerMetrics()
@@ -90,6 +83,22 @@ class Worker:
         self.stream = self.keys.sessions(settings.model_id)
         self.post = PostProcessors(
             settings.post_processor, settings.full_post_processor, settings.post_processor_timeout
+        )
+        #: what each claimed session gets to see of this worker
+        self.services = WorkerServices(
+            redis=self.redis,
+            keys=self.keys,
+            id=self.id,
+            stream=self.stream,
+            sample_rate=sample_rate,
+            partial_interval=settings.partial_interval,
+            out_dir=settings.out_dir,
+            metrics=self.metrics,
+            pool=pool,
+            grammars=self.grammars,
+            post=self.post,
+            slot_freed=self.session_finished,
+            announce_slots=self.heartbeat_once,
         )
 
     # --- lifecycle -----------------------------------------------------------------
@@ -105,7 +114,7 @@ class Worker:
             except (OSError, RedisError) as exc:
                 failures += 1
                 log.warning("Redis not reachable yet (%s); retrying", exc)
-                await asyncio.sleep(backoff(failures))
+                await asyncio.sleep(redis_client.backoff(failures))
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         claimer = asyncio.create_task(self._claim_loop(), name="claim")
         log.info(
@@ -219,7 +228,7 @@ class Worker:
                         await self._ensure_group()
                 elif failures == 1 or failures % 10 == 0:
                     log.warning("claiming failed (%s); backing off", exc)
-                await asyncio.sleep(backoff(failures))
+                await asyncio.sleep(redis_client.backoff(failures))
                 continue
             except BaseException:
                 self.pool.unreserve()
@@ -227,7 +236,7 @@ class Worker:
             failures = 0
             self._busy += 1
             self._beat_now.set()
-            run = SessionRun(self, request, entry_id, claim, slot)
+            run = ClaimedSession(self.services, request, entry_id, claim, slot)
             self._runs[request.sid] = run
             task = asyncio.create_task(run.run(), name=request.sid)
             self._tasks.add(task)
@@ -239,7 +248,7 @@ class Worker:
             entry_id, request = await self._next_request()
             if request.sid in self._runs:
                 continue  # our own, renewed late: it is running here
-            claim = await sessions.claim(self.redis, self.keys, request.sid, self.id, lease)
+            claim = await records.claim(self.redis, self.keys, request.sid, self.id, lease)
             if claim in (Claim.NEW, Claim.RESUME):
                 return entry_id, request, claim
             if claim is None:  # ended or cancelled: nothing left to do
@@ -276,7 +285,7 @@ class Worker:
     async def _renew_leases(self) -> None:
         lease = self.settings.lease
         for run in list(self._runs.values()):
-            if not await sessions.renew(self.redis, self.keys, run.sid, self.id, lease):
+            if not await records.renew(self.redis, self.keys, run.sid, self.id, lease):
                 run.lost.set()
                 continue
             # NOGROUP (Redis lost the group) must not stop the renewal of the others.

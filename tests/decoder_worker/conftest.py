@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTDATA
+from harness.env import TESTDATA
 
 __all__ = ["TESTDATA"]
 

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from decoder_worker import config_file
+from decoder_worker.config_file import WorkerConfigError, parse
 from decoder_worker.model import EndpointRules, PreparedModel
 from decoder_worker.worker import tuned
-from shared import cli, worker_config
+from ksc import cli
 from shared.config import WorkerSettings
-from shared.worker_config import WorkerConfigError, parse
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "worker.yaml"
 
 
 def test_the_example_file_loads() -> None:
-    loaded = worker_config.load(EXAMPLE)
+    loaded = config_file.load(EXAMPLE)
     assert loaded.settings["beam"] == 10.0
     assert loaded.settings["max_active"] == 3000
     assert loaded.settings["lattice_beam"] == 2.0
@@ -93,8 +94,8 @@ def test_bad_files_are_refused_with_the_key_named(text: str, message: str) -> No
 
 
 def test_num_nbest_one_is_accepted_and_an_empty_file_is_nothing() -> None:
-    assert parse("decoder: {num-nbest: 1}") == worker_config.WorkerFile()
-    assert parse("") == worker_config.WorkerFile()
+    assert parse("decoder: {num-nbest: 1}") == config_file.WorkerFile()
+    assert parse("") == config_file.WorkerFile()
 
 
 def test_documentation_lists_every_key() -> None:
@@ -103,7 +104,7 @@ def test_documentation_lists_every_key() -> None:
     rows = dict(
         re.findall(r"^\| `([a-z0-9.-]+)`[^|]* \| (honoured|mapped|ignored|refused)", doc, re.M)
     )
-    for key, treatment in worker_config.documented_keys().items():
+    for key, treatment in config_file.documented_keys().items():
         # one row covers rule1 … rule5 of the lattice-cost keys
         key = re.sub(r"rule[1-5]-(must-contain-nonsilence|max-relative-cost)", r"rule1-\1", key)
         assert key in rows, f"{key} missing from docs/configuration.md"
@@ -125,7 +126,7 @@ def test_flags_and_environment_override_the_file(
     )
     monkeypatch.setenv("KSC_MAX_ACTIVE", "500")
     monkeypatch.delenv("KSC_CONFIG", raising=False)
-    with caplog.at_level(logging.INFO, logger="shared.worker_config"):
+    with caplog.at_level(logging.INFO, logger="decoder_worker.config_file"):
         settings, endpoint = cli._worker_settings(_args("--config", str(path), "--beam", "6"))
     assert settings.beam == 6.0  # flag over file
     assert settings.max_active == 500  # environment over file

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from decoder_worker.forking import fork_process, recv_frame, send_frame
+from decoder_worker.forking import fork_process
 from decoder_worker.gate import CpuGate, usable_cpus
+from decoder_worker.pipes import recv_frame, send_frame
 
 
 @pytest.fixture
@@ -38,7 +39,9 @@ def _hold(gate: CpuGate, seconds: float) -> tuple[int, socket.socket]:
 
 def _finish(holder: tuple[int, socket.socket]) -> tuple[float, float]:
     pid, sock = holder
-    start, end = recv_frame(sock)
+    span = recv_frame(sock)
+    assert isinstance(span, tuple)
+    start, end = span
     send_frame(sock, "bye")
     sock.close()
     os.waitpid(pid, 0)

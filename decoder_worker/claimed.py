@@ -1,12 +1,13 @@
 """One claimed session on a worker: audio in, results out, replay points saved.
 
-:class:`SessionRun` moves audio from the session's stream into its decoder process and
-publishes what comes back. With every final it saves, atomically with the final
-itself, the :class:`~shared.sessions.ReplayPoint` — the start of the open segment —
-and trims the audio stream up to it. Whoever resumes the session (another worker after
-this one died, or this one after its decoder process died) restarts there: finals keep
-their numbers, nothing is lost or sent twice, and because every utterance decodes in a
-fresh fork of the same engine the replayed segment comes out exactly as it would have.
+:class:`ClaimedSession` moves audio from the session's stream into its decoder process
+and publishes what comes back. With every final it saves, atomically with the final
+itself, the :class:`~decoder_worker.replay.ReplayPoint` — the start of the open segment
+— and trims the audio stream up to it (the arithmetic is :mod:`decoder_worker.replay`'s).
+Whoever resumes the session (another worker after this one died, or this one after its
+decoder process died) restarts there: finals keep their numbers, nothing is lost or
+sent twice, and because every utterance decodes in a fresh fork of the same engine the
+replayed segment comes out exactly as it would have.
 
 Redis faults: the client retries a failed command for about ten seconds
 (:mod:`shared.redis_client`), which covers a restart or a quick Sentinel failover
@@ -14,27 +15,36 @@ without the session noticing. A longer outage gives the session up without ackin
 it: its decoder stops, its lease is released if Redis answers, and once Redis is back
 a claim loop (this worker's or another's) resumes it from its replay point. A session
 whose record is gone (Redis restarted without its data) ends with status 2.
+
+What a session uses of the worker that claimed it is :class:`WorkerServices`, and
+nothing more: this module does not know :mod:`decoder_worker.worker`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import assert_never
 
 from redis import exceptions as rx
+from redis.asyncio import Redis
 
-from decoder_worker.grammar import GrammarError
+from decoder_worker import pipes
+from decoder_worker.grammar import GrammarCompiler, GrammarError
 from decoder_worker.out_dir import SessionAudio
+from decoder_worker.postprocess import PostProcessors
 from decoder_worker.recognizer import Final, Partial
-from decoder_worker.slots import Slot, SlotDied
-from shared import sessions
-from shared.keys import GROUP
+from decoder_worker.replay import AudioLedger, ReplayPoint
+from decoder_worker.slots import DecoderPool, Slot, SlotDied
+from shared import records
+from shared.keys import GROUP, Keys
+from shared.logs import SessionLog
+from shared.metrics import WorkerMetrics
 from shared.protocol import Status
-from shared.sessions import Claim, ReplayPoint
+from shared.records import Claim
 from shared.tasks import stop_tasks
 from shared.wire import (
     Abort,
@@ -53,15 +63,9 @@ from shared.wire import (
     serialize_event,
 )
 
-if TYPE_CHECKING:
-    from decoder_worker.worker import Worker
-
 log = logging.getLogger(__name__)
 #: A session whose audio stream stays silent this long (its gateway vanished) ends.
 AUDIO_TIMEOUT_S = 60.0
-#: Without finals, the replay point is saved (and the audio trimmed) once it has moved
-#: this many seconds, so long silences do not pile up in Redis.
-_TRIM_AFTER_S = 5.0
 #: The gateway hears how much audio went to the decoder every this many seconds of it.
 PROGRESS_EVERY_S = 1.0
 #: Decoder processes a session may lose before it fails instead of resuming again.
@@ -70,11 +74,6 @@ MAX_RESTARTS = 2
 _RELEASED_IDLE_MS = 24 * 3600 * 1000
 #: How long releasing a session may take when Redis is failing anyway.
 _RELEASE_TIMEOUT_S = 2.0
-
-
-class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: str, kwargs: Any) -> tuple[str, Any]:
-        return f"[{self.extra['sid']}] {msg}", kwargs  # type: ignore[index]
 
 
 class LeaseLost(Exception):
@@ -88,25 +87,50 @@ class SessionFailed(Exception):
 
 
 @dataclass(frozen=True)
-class _Fed:
-    """An audio entry handed to the decoder: its id and its first sample's index."""
+class WorkerServices:
+    """What a claimed session uses of the worker that claimed it (built once by the
+    worker, shared by all its sessions)."""
 
-    entry_id: str
-    start: int
+    redis: Redis
+    keys: Keys
+    #: the worker's consumer name in the sessions stream's group, and owner name
+    id: str
+    #: the sessions stream (of the worker's model) the session's entry is pending in
+    stream: str
+    sample_rate: int
+    #: seconds of audio between two partials
+    partial_interval: float
+    #: where each session's received audio is saved ("": nowhere)
+    out_dir: str
+    metrics: WorkerMetrics
+    pool: DecoderPool
+    grammars: GrammarCompiler
+    post: PostProcessors
+    #: the session's slot is free again: called on every way out, before the end is
+    #: announced
+    slot_freed: Callable[[], None]
+    #: publish the worker's free slots now (its heartbeat), before the client hears
+    #: the end: a client that reconnects at once must find the capacity it released
+    announce_slots: Callable[[], Awaitable[None]]
 
 
-class SessionRun:
+class ClaimedSession:
     def __init__(
-        self, worker: Worker, request: SessionRequest, entry_id: bytes, claim: Claim, slot: Slot
+        self,
+        worker: WorkerServices,
+        request: SessionRequest,
+        entry_id: bytes,
+        claim: Claim,
+        slot: Slot,
     ) -> None:
-        self.w = worker
+        self.worker = worker
         self.sid = request.sid
         self.phrases = request.phrases
         self.entry_id = entry_id
         self.claim = claim
         self.slot = slot
         self.lost = asyncio.Event()  # set by the worker's lease renewal
-        self.log = SessionLog(log, {"sid": self.sid})
+        self.log = SessionLog(log, self.sid)
         self.keys = worker.keys
         self.redis = worker.redis
         #: the ``out_dir`` copy of the received audio, opened when decoding starts
@@ -123,7 +147,7 @@ class SessionRun:
     async def run(self) -> None:
         point = ReplayPoint() if self.claim is Claim.NEW else await self._replay_point()
         if self.claim is Claim.RESUME:
-            self.w.metrics.sessions_reclaimed_total.inc()
+            self.worker.metrics.sessions_reclaimed_total.inc()
             self.log.info(
                 "taken over: resuming at segment %d, sample %d", point.segment, point.sample
             )
@@ -132,9 +156,9 @@ class SessionRun:
         cpu = seconds = 0.0
         last: Event
         restarts = 0
-        if self.w.settings.out_dir:
+        if self.worker.out_dir:
             self.saved = SessionAudio(
-                self.w.settings.out_dir, self.sid, self.w.sample_rate, point.sample
+                self.worker.out_dir, self.sid, self.worker.sample_rate, point.sample
             )
         try:
             while True:
@@ -142,16 +166,16 @@ class SessionRun:
                     last, seconds = await self._decode(point)
                     break
                 except SlotDied as exc:
-                    self.w.metrics.decoder_restarts_total.inc()
+                    self.worker.metrics.decoder_restarts_total.inc()
                     restarts += 1
-                    cpu += await self.w.pool.reap(self.slot)
+                    cpu += await self.worker.pool.reap(self.slot)
                     if restarts > MAX_RESTARTS:
                         self.log.error("decoder process died %d times: %s", restarts, exc)
                         last = Failed(int(Status.ABORTED), "Decoder process failed")
                         break
                     self.log.warning("decoder process died (%s); resuming", exc)
                     point = await self._replay_point()
-                    self.slot = await self.w.pool.spawn()
+                    self.slot = await self.worker.pool.spawn()
                 except SessionFailed as exc:
                     self.log.warning("session failed: %s", exc)
                     last = Failed(int(exc.status), str(exc))
@@ -161,7 +185,7 @@ class SessionRun:
                 self.log.warning("lease lost: another worker carries on with this session")
                 return
             self.log.warning("session record gone: Redis lost its data")
-            last = Failed(int(Status.ABORTED), sessions.DATA_LOST)
+            last = Failed(int(Status.ABORTED), records.DATA_LOST)
         except (rx.ConnectionError, rx.TimeoutError) as exc:
             # The client's own retries ran out: Redis has been away for a while. Stop
             # decoding without acking; once Redis is back the session resumes from its
@@ -180,17 +204,17 @@ class SessionRun:
         finally:
             if self.saved is not None:
                 self.saved.close()
-            cpu += await self.w.pool.retire(self.slot)
-            self.w.session_finished()
+            cpu += await self.worker.pool.retire(self.slot)
+            self.worker.slot_freed()
         await self._finish(last, seconds, cpu)
 
     async def _release(self) -> None:
         """Give the lease up and make the entry claimable by any worker at once."""
-        await sessions.renew(self.redis, self.keys, self.sid, self.w.id, lease=0)
+        await records.renew(self.redis, self.keys, self.sid, self.worker.id, lease=0)
         await self.redis.xclaim(
-            self.w.stream,
+            self.worker.stream,
             GROUP,
-            self.w.id,
+            self.worker.id,
             0,
             [self.entry_id],
             idle=_RELEASED_IDLE_MS,
@@ -207,10 +231,10 @@ class SessionRun:
     async def _finish(self, last: Event, seconds: float, cpu: float) -> None:
         """Free the slot in Redis before the client hears the end: a client that
         reconnects at once must find the capacity it just released."""
-        state = sessions.State.DONE if isinstance(last, Done) else sessions.State.FAILED
-        self.w.metrics.sessions_total.labels(state.value).inc()
+        state = records.State.DONE if isinstance(last, Done) else records.State.FAILED
+        self.worker.metrics.sessions_total.labels(state.value).inc()
         if seconds > 0:
-            self.w.metrics.decode_rtf.observe(cpu / seconds)
+            self.worker.metrics.decode_rtf.observe(cpu / seconds)
         self.log.info(
             "session %s: %.1f s audio, decoder CPU %.2f s (real-time factor %.2f)",
             state.value,
@@ -218,36 +242,36 @@ class SessionRun:
             cpu,
             cpu / seconds if seconds else 0.0,
         )
-        if not await sessions.finish(self.redis, self.keys, self.sid, self.w.id, state, cpu):
+        if not await records.finish(self.redis, self.keys, self.sid, self.worker.id, state, cpu):
             self.log.warning("session taken over before it ended here: not announcing")
             return
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.w.stream, GROUP, self.entry_id)
+        pipe.xack(self.worker.stream, GROUP, self.entry_id)
         pipe.hincrby(self.keys.stats, "requests_processed", 1)
         # An XACK after Redis lost the consumer group (NOGROUP) must not keep the
         # client from hearing how the session ended.
         for reply in await pipe.execute(raise_on_error=False):
             if isinstance(reply, Exception):
                 self.log.warning("end bookkeeping: %s", reply)
-        await self.w.heartbeat_once()
+        await self.worker.announce_slots()
         await self._publish(last)
 
     # --- one pass of decoding, from a replay point -----------------------------------
 
     async def _decode(self, point: ReplayPoint) -> tuple[Event, float]:
-        await self._publish(Claimed(worker=self.w.id))
+        await self._publish(Claimed(worker=self.worker.id))
         if self.phrases:
             # Compiled (or found in the cache) by the worker, added by the session's
             # decoder process to its own copy of the engine: see decoder_worker.grammar.
             try:
-                grammar = await self.w.grammars.compile(self.phrases)
+                grammar = await self.worker.grammars.compile(self.phrases)
             except GrammarError as exc:
                 raise SessionFailed(Status.BAD_GRAMMAR, str(exc)) from exc
-            await self.slot.send("grammar", grammar)
-        await self.slot.send("start", point.segment, point.sample, self.w.settings.partial_interval)
-        fed: deque[_Fed] = deque()
-        feeder = asyncio.create_task(self._feed(point, fed))
-        collector = asyncio.create_task(self._collect(point, fed))
+            await self.slot.send(pipes.Grammar(grammar))
+        await self.slot.send(pipes.Start(point.segment, point.sample, self.worker.partial_interval))
+        ledger = AudioLedger(point, self.worker.sample_rate)
+        feeder = asyncio.create_task(self._feed(point.after, ledger))
+        collector = asyncio.create_task(self._collect(ledger))
         lost = asyncio.create_task(self.lost.wait())
         try:
             pending = {feeder, collector, lost}
@@ -261,106 +285,96 @@ class SessionRun:
             ending = await feeder
         finally:
             await stop_tasks(feeder, collector, lost)
-        seconds = samples / self.w.sample_rate
+        seconds = samples / self.worker.sample_rate
         if ending == "eos":
             return Done(segments=next_segment, total=seconds), seconds
         return Failed(int(Status.ABORTED), f"Session ended: {ending}"), seconds
 
-    async def _feed(self, point: ReplayPoint, fed: deque[_Fed]) -> str:
-        """Audio stream -> decoder process, from the replay point. Returns how it ended."""
-        last: str = point.after
-        skip = (point.sample - point.base) * 2  # bytes before the restart sample
-        position = reported = point.base
-        progress_every = int(PROGRESS_EVERY_S * self.w.sample_rate)
+    async def _feed(self, after: str, ledger: AudioLedger) -> str:
+        """Audio stream -> decoder process, from the entry after ``after``. Returns how
+        it ended."""
+        last = after
+        reported = ledger.position
+        progress_every = int(PROGRESS_EVERY_S * self.worker.sample_rate)
         while True:
             reply = await self.redis.xread(
                 {self.keys.audio(self.sid): last}, count=64, block=int(AUDIO_TIMEOUT_S * 1000)
             )
             if not reply:
-                await self.slot.send("abort")
+                await self.slot.send(pipes.Abort())
                 return "audio timeout"
             for _stream, entries in reply:
                 for raw_id, fields in entries:
                     last = raw_id.decode()
                     entry = parse_audio_entry(fields)
                     if isinstance(entry, AudioChunk):
-                        pcm = entry.pcm
                         if self.saved is not None:
-                            self.saved.write(position, pcm)
-                        fed.append(_Fed(last, position))
-                        position += len(pcm) // 2
-                        if skip:
-                            cut = min(skip, len(pcm))
-                            pcm, skip = pcm[cut:], skip - cut
+                            self.saved.write(ledger.position, entry.pcm)
+                        pcm = ledger.take(last, entry.pcm)
                         if pcm:
-                            await self.slot.send("audio", pcm)
-                        if position - reported >= progress_every:
+                            await self.slot.send(pipes.Audio(pcm))
+                        if ledger.position - reported >= progress_every:
                             # Handed over: the pipes to the decoder hold only a few
                             # seconds, so this tracks decoding (gateway backpressure).
-                            await self._publish(Progress(position))
-                            reported = position
+                            await self._publish(Progress(ledger.position))
+                            reported = ledger.position
                     elif isinstance(entry, EndOfStream):
-                        await self.slot.send("end")
+                        await self.slot.send(pipes.End())
                         return "eos"
                     elif isinstance(entry, Abort):
-                        await self.slot.send("abort")
+                        await self.slot.send(pipes.Abort())
                         return f"aborted: {entry.reason}"
 
-    async def _collect(self, point: ReplayPoint, fed: deque[_Fed]) -> tuple[int, int]:
-        """Decoder process -> pub/sub and the results stream, until the session ends."""
+    async def _collect(self, ledger: AudioLedger) -> tuple[int, int]:
+        """Decoder process -> pub/sub and the results stream, until the session ends.
+        Returns the number of the next final and the samples the decoder received."""
         while True:
-            msg = await self.slot.recv()
-            if msg[0] == "events":
-                finals = []
-                for event in msg[1]:
-                    if isinstance(event, Partial):
-                        text = await self.w.post.partial(event.text)
-                        if text is not None:  # None: a busy post-processor skips it
-                            await self._publish(PartialResult(event.segment, text))
-                    elif isinstance(event, Final):
-                        final = FinalResult(
-                            segment=event.segment,
-                            text=event.text,
-                            likelihood=event.likelihood,
-                            start=event.start,
-                            length=event.length,
-                            total=event.total,
-                        )
-                        finals.append(await self.w.post.final(final, self.sid))
-                moved = (msg[2] - point.sample) / self.w.sample_rate
-                if finals or moved >= _TRIM_AFTER_S:
-                    point = await self._save(finals, point, fed, msg[2])
-            elif msg[0] == "ended":
-                return point.segment, int(msg[1])
-            elif msg[0] == "no speech":
-                limit = self.w.pool.silence_timeout
-                raise SessionFailed(
-                    Status.NO_SPEECH, f"No speech: {limit:g} s of audio without speech"
-                )
-            elif msg[0] == "error":
-                raise SessionFailed(Status.ABORTED, f"Decoding failed: {msg[1]}")
+            match await self.slot.recv():
+                case pipes.Events(events, replay_sample):
+                    finals = []
+                    for event in events:
+                        if isinstance(event, Partial):
+                            text = await self.worker.post.partial(event.text)
+                            if text is not None:  # None: a busy post-processor skips it
+                                await self._publish(PartialResult(event.segment, text))
+                        elif isinstance(event, Final):
+                            final = FinalResult(
+                                segment=event.segment,
+                                text=event.text,
+                                likelihood=event.likelihood,
+                                start=event.start,
+                                length=event.length,
+                                total=event.total,
+                            )
+                            finals.append(await self.worker.post.final(final, self.sid))
+                    if finals or ledger.worth_saving(replay_sample):
+                        await self._save(finals, ledger, replay_sample)
+                case pipes.Ended(samples):
+                    return ledger.point.segment, samples
+                case pipes.NoSpeech():
+                    limit = self.worker.pool.silence_timeout
+                    raise SessionFailed(
+                        Status.NO_SPEECH, f"No speech: {limit:g} s of audio without speech"
+                    )
+                case pipes.Crashed(message):
+                    raise SessionFailed(Status.ABORTED, f"Decoding failed: {message}")
+                case unknown:
+                    assert_never(unknown)
 
-    async def _save(
-        self, finals: list[FinalResult], old: ReplayPoint, fed: deque[_Fed], sample: int
-    ) -> ReplayPoint:
+    async def _save(self, finals: list[FinalResult], ledger: AudioLedger, sample: int) -> None:
         """Store the finals with the new replay point and trim the audio before it, in
         one fenced script (only while we own the session), then publish them."""
-        while len(fed) > 1 and fed[1].start <= sample:
-            after = fed.popleft().entry_id
-            old = ReplayPoint(old.segment, after, fed[0].start, old.sample)
-        segment = finals[-1].segment + 1 if finals else old.segment
-        point = ReplayPoint(segment, old.after, old.base, max(sample, old.base))
-        saved = await sessions.save_finals(
+        point, trim_before = ledger.advance(sample, finals[-1].segment if finals else None)
+        saved = await records.save_finals(
             self.redis,
             self.keys,
             self.sid,
-            self.w.id,
+            self.worker.id,
             [final_fields(final)["event"] for final in finals],
-            point,
-            fed[0].entry_id if fed else "",
+            point.fields(),
+            trim_before,
         )
         if not saved:
             raise LeaseLost
         for final in finals:
             await self._publish(final)
-        return point
