@@ -1,62 +1,27 @@
 """Character error rate of in-process decoding on the Korean test clips.
 
-    python benchmarks/cer.py [--out benchmarks/results/cer.json] [--clips DIR]
+    python -m benchmarks.cer [--out benchmarks/results/cer.json] [--clips DIR]
 
 Decodes every clip of ``manifest.tsv`` with :func:`decoder_worker.recognizer.decode_pcm`
 (the same recogniser the cluster runs, without the cluster, each utterance in a fresh
 fork of the loaded engine as in the cluster) and prints JSON: CER over
 the whole set, CPU real-time factor, and per-clip results. CER compares characters
 with spaces and punctuation removed, because the model splits words into morphemes
-and word error rate would count every split as an error. ``cer`` and ``normalise`` are
-reused by the cluster's integration tests.
+and word error rate would count every split as an error (:mod:`harness.scoring`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 import time
-import unicodedata
-import wave
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata" / "ko"
-
-
-def normalise(text: str) -> str:
-    """Letters and digits only: drops spaces, punctuation and the model's ``[ ]``/``( )``."""
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LN")
-
-
-def cer(ref: str, hyp: str) -> tuple[int, int]:
-    """(edit distance, reference length) over normalised characters."""
-    r, h = normalise(ref), normalise(hyp)
-    previous = list(range(len(h) + 1))
-    for i, rc in enumerate(r, 1):
-        current = [i]
-        for j, hc in enumerate(h, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (rc != hc)))
-        previous = current
-    return previous[-1], len(r)
-
-
-def read_manifest(clips: Path) -> list[tuple[Path, str]]:
-    """(wav path, reference transcript) for every row of ``manifest.tsv``."""
-    with (clips / "manifest.tsv").open(encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return [(clips / row["file"], row["transcript"]) for row in rows]
-
-
-def read_wav(path: Path) -> bytes:
-    """PCM of a 16 kHz mono s16 WAV file (the test set's format)."""
-    with wave.open(str(path)) as w:
-        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (16000, 1, 2):
-            raise ValueError(f"{path}: expected 16 kHz mono 16-bit")
-        return bytes(w.readframes(w.getnframes()))
+from harness.media import read_wav
+from harness.scoring import DEFAULT_CLIPS, cer, read_manifest
 
 
 def _score(results: list[dict[str, Any]]) -> dict[str, Any]:

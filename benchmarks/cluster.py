@@ -22,65 +22,15 @@ import platform
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cer import DEFAULT_CLIPS, cer, read_manifest
+from harness.cluster import KSC, LocalRedis, free_port, wait_ready
+from harness.measure import tree_memory
+from harness.scoring import DEFAULT_CLIPS, cer, read_manifest
+from ksc.client import speech_url, stream
 from shared import redis_client
-from shared.client import speech_url, stream
 from shared.keys import Keys
-from shared.up import LocalRedis, free_port
-
-
-def memory(pid: int) -> dict[str, float]:
-    """PSS and RSS in MB of one process."""
-    fields: dict[str, float] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in ("Rss", "Pss"):
-                fields[name.lower()] = int(rest.split()[0]) / 1024
-    return fields
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant: session processes and the utterance decoders they fork."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            direct = [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-    return direct + [grandchild for child in direct for grandchild in children(child)]
-
-
-def sample(worker: int) -> dict[str, Any]:
-    kids = children(worker)
-    parent = memory(worker)
-    per_child = []
-    for kid in kids:
-        try:
-            per_child.append(memory(kid))
-        except OSError:
-            pass  # exited between listing and reading
-    return {
-        "parent": parent,
-        "children": per_child,
-        "total_pss_mb": parent["pss"] + sum(c["pss"] for c in per_child),
-    }
-
-
-def wait_ready(http: str, slots: int, limit: float = 120) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{http}/readyz", timeout=1) as resp:
-                if json.load(resp).get("slots", 0) >= slots:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("cluster did not become ready")
 
 
 async def run_sessions(ws: str, clips: list[tuple[Path, str]], worker: int) -> dict[str, Any]:
@@ -88,7 +38,7 @@ async def run_sessions(ws: str, clips: list[tuple[Path, str]], worker: int) -> d
 
     async def sampler() -> None:
         while True:
-            samples.append(sample(worker))
+            samples.append(tree_memory(worker))
             await asyncio.sleep(0.5)
 
     task = asyncio.create_task(sampler())
@@ -135,18 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     redis.start()
     port, prefix = free_port(), "bench"
     common = ["--redis-url", redis.url, "--prefix", prefix, "--log-level", "warning"]
-    ksc = [sys.executable, "-m", "shared.cli"]
-    gateway = subprocess.Popen([*ksc, "gateway", *common, "--port", str(port)])
+    gateway = subprocess.Popen([*KSC, "gateway", *common, "--port", str(port)])
     worker = subprocess.Popen(
-        [*ksc, "worker", *common, "--slots", str(args.sessions), "--cache", args.cache]
+        [*KSC, "worker", *common, "--slots", str(args.sessions), "--cache", args.cache]
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", args.sessions)
         time.sleep(1.0)
-        idle = sample(worker.pid)
+        idle = tree_memory(worker.pid)
         live = asyncio.run(run_sessions(f"ws://127.0.0.1:{port}", items, worker.pid))
         time.sleep(1.0)
-        after = sample(worker.pid)
+        after = tree_memory(worker.pid)
         cpu = asyncio.run(decoder_cpu(redis.url, prefix, live["sids"]))
     finally:
         for proc in (gateway, worker):

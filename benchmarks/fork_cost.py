@@ -19,21 +19,16 @@ import argparse
 import json
 import os
 import time
-import wave
 from pathlib import Path
 
 from decoder_worker.engine import KagEngine
 from decoder_worker.model import load_prepared, prepare_model
+from harness.media import pcm_of
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = REPO.parent / "shared" / "testdata" / "ko" / "clips" / "emotts_nea00002.wav"
 WARM_CLIP = REPO / "shared" / "samples" / "ko-sample.wav"
 TRIALS = 3
-
-
-def pcm_of(path: Path) -> bytes:
-    with wave.open(str(path)) as w:
-        return bytes(w.readframes(w.getnframes()))
 
 
 def child_cpu(engine: KagEngine, pcm: bytes, times: int) -> float:

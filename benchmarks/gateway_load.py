@@ -6,7 +6,7 @@ Starts a private redis-server and one ``ksc gateway`` process. A claimant in thi
 process plays the decoder side just far enough for audio to flow: it advertises one
 worker with plenty of slots (the heartbeat a worker writes), reads new sessions from
 the sessions stream with the consumer group, wins each with the real claim script
-(:func:`shared.sessions.claim`) and publishes ``Claimed``. It never decodes. It is a
+(:func:`shared.records.claim`) and publishes ``Claimed``. It never decodes. It is a
 test harness: production code is unchanged.
 
 ``--streams`` websocket clients then each send raw 16 kHz s16 PCM in quarter-second
@@ -34,11 +34,12 @@ import websockets
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from benchmarks.common import RAW_CAPS, cpu_seconds, percentile, redis_server, start_gateway, stop
-from shared import redis_client, sessions
-from shared.client import speech_url
+from benchmarks.common import RAW_CAPS
+from harness.cluster import free_port, redis_server, start_gateway, stop
+from harness.measure import cpu_seconds, percentile
+from ksc.client import speech_url
+from shared import records, redis_client
 from shared.keys import GROUP, Keys
-from shared.up import free_port
 from shared.wire import Claimed, SessionRequest, serialize_event
 
 FRAME_BYTES = 8000
@@ -90,7 +91,7 @@ class Claimant:
                 for _stream, entries in reply or []:
                     for entry_id, fields in entries:
                         request = SessionRequest.parse(fields)
-                        if await sessions.claim(self.redis, self.keys, request.sid, WORKER, 600):
+                        if await records.claim(self.redis, self.keys, request.sid, WORKER, 600):
                             self.claimed += 1
                             event = serialize_event(Claimed(worker=WORKER))
                             await self.redis.publish(self.keys.events(request.sid), event)

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from benchmarks.common import RAW_CAPS
-from shared.client import speech_url, stream
+from ksc.client import speech_url, stream
 
 _TEMPLATE: Any = None  # the loaded engine the direct decoders fork from
 _RULES: Any = None

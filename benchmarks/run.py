@@ -31,28 +31,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cer, cluster, gateway_load, overhead, streams
-from benchmarks.common import (
-    cluster as run_cluster,
-)
-from benchmarks.common import (
-    load_average,
-    machine,
-    percentile,
-    redis_server,
-    steal_seconds,
-    stop,
-)
-from shared.up import free_port
+from benchmarks import cer, gateway_load, overhead, streams
+from benchmarks.common import CUTS, clips, load_average, machine, steal_seconds
+from benchmarks.common import cluster as run_cluster
+from harness.cluster import free_port, redis_server, stop
+from harness.measure import max_sustained, percentile, tree_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
-_CUTS = Path(tempfile.gettempdir()) / f"ksc-bench-cuts-{os.getpid()}"
 CACHE = os.environ.get("KSC_CACHE") or str(Path.home() / ".cache" / "kaldi-stream-cluster")
 
 
@@ -68,35 +57,6 @@ class Params:
         self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
         self.gateway_streams = 5 if smoke else 500
         self.gateway_seconds = 3.0 if smoke else 20.0
-
-
-def clips(n: int, clip_s: float = 0.0) -> list[tuple[Path, str, bytes]]:
-    """The ``n`` longest test clips (live streams then overlap longest), or the bundled
-    sample when the test set is absent; cut to ``clip_s`` seconds if given."""
-    items = (
-        cer.read_manifest(cer.DEFAULT_CLIPS)
-        if (cer.DEFAULT_CLIPS / "manifest.tsv").exists()
-        else []
-    )
-    if not items:
-        sample = Path(__file__).resolve().parents[1] / "shared" / "samples" / "ko-sample.wav"
-        items = [(sample, "")]
-    items.sort(key=lambda i: -i[0].stat().st_size)
-    picked = [items[i % len(items)] for i in range(n)]
-    out = []
-    for path, ref in picked:
-        pcm = cer.read_wav(path)
-        if clip_s:
-            pcm = pcm[: int(clip_s * 32000)]
-            path = _CUTS / f"{path.stem}-{clip_s}s.wav"
-            _CUTS.mkdir(parents=True, exist_ok=True)
-            with wave.open(str(path), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(16000)
-                w.writeframes(pcm)
-        out.append((path, ref, pcm))
-    return out
 
 
 def stage_cost(p: Params) -> dict[str, Any]:
@@ -139,7 +99,7 @@ async def _level_with_pss(ws: str, worker_pid: int, pcms: list[bytes], c: int) -
 
     async def sampler() -> None:
         while True:
-            samples.append(cluster.sample(worker_pid)["total_pss_mb"])
+            samples.append(tree_memory(worker_pid)["total_pss_mb"])
             await asyncio.sleep(0.5)
 
     task = asyncio.create_task(sampler())
@@ -156,7 +116,7 @@ def stage_levels(
 ) -> dict[str, Any]:
     pcms = [pcm for _, _, pcm in clips(max(p.levels), p.clip_s)]
     time.sleep(1.0)
-    idle = cluster.sample(worker_pid)["total_pss_mb"]
+    idle = tree_memory(worker_pid)["total_pss_mb"]
     ours: list[dict[str, Any]] = []
     vosk: list[dict[str, Any]] = []
     for c in p.levels:
@@ -182,16 +142,6 @@ def stage_levels(
 def _live_cpu(rows: list[dict[str, Any]]) -> float | None:
     cpus = [r["server_cpu_per_audio_s"] for r in rows if r["sustained"]]
     return round(percentile(cpus, 50), 3) if cpus else None
-
-
-def max_sustained(rows: list[dict[str, Any]]) -> int:
-    """The highest level reached with every level up to it sustained."""
-    best = 0
-    for row in rows:
-        if not row["sustained"]:
-            break
-        best = row["concurrency"]
-    return best
 
 
 def run(p: Params, out: Path) -> dict[str, Any]:
@@ -308,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(Params(args.smoke), args.out)
     finally:
-        shutil.rmtree(_CUTS, ignore_errors=True)
+        shutil.rmtree(CUTS, ignore_errors=True)
     summary = {k: v for k, v in report.items() if k not in ("details", "machine")}
     print(json.dumps(summary, indent=2))
     return 0

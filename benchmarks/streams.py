@@ -21,8 +21,9 @@ from typing import Any
 
 import websockets
 
-from benchmarks.common import RAW_CAPS, cpu_seconds, percentile
-from shared.client import speech_url
+from benchmarks.common import RAW_CAPS
+from harness.measure import cpu_seconds, percentile
+from ksc.client import speech_url
 
 FRAME_BYTES = 8000  # 0.25 s of 16 kHz s16 mono
 SUSTAIN_LIMIT_S = 1.0
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     import sys
     from pathlib import Path
 
-    from benchmarks.common import cluster, redis_server
+    from benchmarks.common import clips, cluster
+    from harness.cluster import redis_server
 
     parser = argparse.ArgumentParser(description="live streams against a private cluster")
     parser.add_argument("--levels", default="1,2", help="comma-separated concurrency levels")
@@ -182,7 +184,6 @@ def main(argv: list[str] | None = None) -> None:
         "processes, over the first level",
     )
     args = parser.parse_args(argv)
-    from benchmarks.run import clips
 
     levels = [int(x) for x in args.levels.split(",")]
     pcms = [pcm for _, _, pcm in clips(args.clips)]

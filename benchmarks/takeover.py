@@ -15,7 +15,7 @@ code, the takeovers in the session record, and the recovery time: from the kill 
 next message the client received (or the close, if nothing else was left to send).
 
 The session, the worker handling and the gateway are those of
-``tests/integration/test_failover.py`` (imported, not copied).
+``tests/integration/test_failover.py`` (both use :mod:`harness.failover`).
 """
 
 from __future__ import annotations
@@ -27,43 +27,23 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from gateway.app import serve
+from harness.cluster import LocalRedis, wait_for_workers
+from harness.failover import KEYS, PREFIX, Trial, finals, run_session
+from harness.measure import percentile
+from harness.media import sentences_pcm
+from harness.speech import SENTENCES
 from shared.config import GatewaySettings
-from shared.up import LocalRedis
-from tests.integration.conftest import wait_for_workers
-from tests.integration.test_failover import KEYS, PREFIX, SENTENCES, Trial, finals, run_session
 
 #: The lease the trials' workers run with unless told (seconds): the bound on detection.
 LEASE_S = 2.0
-
-
-def speech(folder: Path) -> bytes:
-    """The test's three sentences: pauses end the first two segments, EOS the last."""
-    pcm = b""
-    for i, text in enumerate(SENTENCES):
-        raw, wav = folder / f"raw{i}.wav", folder / f"s{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "ko", "-s", "140", "-w", str(raw), text], check=True)
-        subprocess.run(
-            ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav)], check=True
-        )
-        with wave.open(str(wav)) as w:
-            pause = 0.2 if i == len(SENTENCES) - 1 else 1.5
-            pcm += bytes(2 * 4800) + w.readframes(w.getnframes()) + bytes(int(2 * 16000 * pause))
-    return pcm
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 async def one_trial(
@@ -117,7 +97,7 @@ async def one_trial(
 async def run(trials: int, seed: int, redis_url: str, lease: float = LEASE_S) -> dict[str, Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        pcm = speech(Path(tmp))
+        pcm = sentences_pcm(Path(tmp), SENTENCES)
     audio_s = len(pcm) / 32000
     trial = Trial(redis_url, lease)
     trial.start()
@@ -161,8 +141,8 @@ async def run(trials: int, seed: int, redis_url: str, lease: float = LEASE_S) ->
         "non_zero_status": sum(1 for r in results if r["statuses"] != [0]),
         "taken_over": sum(1 for r in results if r["takeovers"] >= 1),
         "recovery_s": {
-            "p50": round(percentile(recoveries, 0.5), 2) if recoveries else None,
-            "p95": round(percentile(recoveries, 0.95), 2) if recoveries else None,
+            "p50": round(percentile(recoveries, 50), 2) if recoveries else None,
+            "p95": round(percentile(recoveries, 95), 2) if recoveries else None,
             "max": round(max(recoveries), 2) if recoveries else None,
             "mean": round(statistics.fmean(recoveries), 2) if recoveries else None,
         },

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cer import DEFAULT_CLIPS, cer, read_manifest, read_wav
+from harness.media import read_wav
+from harness.scoring import DEFAULT_CLIPS, cer, read_manifest
 
 SAMPLE = Path(__file__).resolve().parents[1] / "shared" / "samples" / "ko-sample.wav"
 CACHE = os.environ.get("KSC_CACHE") or str(Path.home() / ".cache" / "kaldi-stream-cluster")

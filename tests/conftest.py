@@ -1,26 +1,20 @@
 """Shared fixtures: one real redis-server and one prepared model per test session.
 
-Timeouts are multiples of ``UNIT`` seconds, scaled by ``KSC_TEST_TIMEOUT_SCALE`` for
-slow machines. Nothing here asserts wall-clock times.
+Timeouts are multiples of :data:`harness.env.UNIT` seconds, scaled by
+``KSC_TEST_TIMEOUT_SCALE`` for slow machines. Nothing here asserts wall-clock times.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shared.up import LocalRedis
-
-UNIT = float(os.environ.get("KSC_TEST_TIMEOUT_SCALE", "1")) * 1.0
-REPO = Path(__file__).resolve().parents[1]
-TESTDATA = REPO.parent / "shared" / "testdata" / "ko"
-CACHE = Path(os.environ.get("KSC_CACHE") or Path.home() / ".cache" / "kaldi-stream-cluster")
+from harness import reference
+from harness.cluster import LocalRedis
+from harness.env import CACHE, TESTDATA
 
 
 @pytest.fixture(scope="session")
@@ -57,40 +51,12 @@ def kag_engine(prepared_model):  # type: ignore[no-untyped-def]
     return KagEngine.load(prepared_model)
 
 
-_REFERENCE: tuple[Any, Any] | None = None
-
-
-def _load_reference(model_path: str) -> None:
-    from decoder_worker.engine import KagEngine
-    from decoder_worker.model import load_prepared
-
-    global _REFERENCE
-    model = load_prepared(Path(model_path))
-    _REFERENCE = (KagEngine.load(model), model.endpoint)
-
-
-def _reference_decode(pcm: bytes, chunk_bytes: int) -> Any:
-    from decoder_worker.forking import ForkingEngine
-    from decoder_worker.recognizer import decode_pcm
-
-    assert _REFERENCE is not None
-    engine, rules = _REFERENCE
-    return decode_pcm(ForkingEngine(engine), rules, pcm, chunk_bytes)
-
-
 @pytest.fixture(scope="session")
 def reference_decode(prepared_model):  # type: ignore[no-untyped-def]
-    """Direct in-process decoding from the state a worker's decoder process starts in.
-
-    kaldi-active-grammar carries process-wide state from one utterance to the next (a
-    second engine loaded in a process that already decoded is not pristine either), so
-    the reference runs in a freshly spawned interpreter that loads the engine once,
-    never decodes with it, and decodes each utterance in a fresh fork — as a worker does.
-    ``reference_decode(pcm, chunk_bytes=8000) -> list[Final]``.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1, initializer=_load_reference, initargs=(str(prepared_model.path),)) as pool:
-        yield lambda pcm, chunk_bytes=8000: pool.apply(_reference_decode, (pcm, chunk_bytes))
+    """Direct decoding from the state a worker's decoder process starts in
+    (:mod:`harness.reference`): ``reference_decode(pcm, chunk_bytes=8000) -> list[Final]``."""
+    with reference.pool(prepared_model.path) as decode:
+        yield decode
 
 
 @pytest.fixture(scope="session")

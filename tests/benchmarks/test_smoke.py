@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import percentile
-from benchmarks.run import max_sustained
-from tests.conftest import CACHE, REPO, UNIT
+from harness.env import CACHE, REPO, UNIT
+from harness.measure import max_sustained, percentile
 
 KEYS = (
     "overhead_ratio",

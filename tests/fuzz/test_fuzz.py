@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import resource
 import subprocess
-import sys
 import time
 import urllib.request
 import wave
@@ -23,13 +22,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from benchmarks.fuzz import RAW, Target, gateway_memory, idle_connections, run_corpus
-from shared.client import speech_url, stream
+from harness.cluster import KSC, free_port, start_worker, wait_for_workers
+from harness.env import UNIT
+from harness.fuzz import RAW, Target, gateway_memory, idle_connections, run_corpus
+from harness.speech import SENTENCES
+from ksc.client import speech_url, stream
 from shared.keys import Keys
-from shared.up import free_port
-from tests.conftest import UNIT
-from tests.integration.conftest import start_worker, wait_for_workers
-from tests.integration.test_failover import SENTENCES
 
 PREFIX = "fuzz"
 MAX_FRAME = 1024 * 1024
@@ -48,7 +46,8 @@ def fuzz_target(redis_server: str, prepared_model: object) -> Iterator[tuple[Tar
     worker = start_worker(url, "fz1", slots=4, prefix=PREFIX)
     gateway = subprocess.Popen(
         [
-            *(sys.executable, "-m", "shared.cli", "gateway"),
+            *KSC,
+            "gateway",
             *("--redis-url", url, "--prefix", PREFIX, "--log-level", "error"),
             *("--host", "127.0.0.1", "--port", str(port)),
             *("--max-frame-bytes", str(MAX_FRAME), "--admission-wait", str(5 * UNIT)),

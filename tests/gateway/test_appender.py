@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.appender import Appender
-from shared.up import free_port
+from harness.cluster import free_port
 
 
 async def _connections(redis: Redis, name: str) -> int:

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.audio import AudioInput, Normaliser, RawFormat, parse_caps
 from gateway.formats import parse_wav, sniff
+from harness.media import CODECS, encode, pcm_as, wav_header
 from shared.protocol import BadRequest, UnsupportedAudio
-from tests.gateway.media import CODECS, encode, pcm_as, wav_header
 
 GST_CAPS = (
     "audio/x-raw, layout=(string)interleaved, rate=(int)44100, "

@@ -16,11 +16,12 @@ from websockets.exceptions import InvalidStatus
 from gateway.app import serve
 from gateway.auth import make_token
 from gateway.http import RECOGNIZE
-from shared.client import speech_url, stream
+from harness.cluster import Cluster
+from harness.env import UNIT
+from ksc.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.integration.conftest import PREFIX, Cluster
+from tests.integration.conftest import PREFIX
 
 KEYS = Keys(PREFIX)
 ALICE = "alice-key-0123456789abcdef"  # one session at a time

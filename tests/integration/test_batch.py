@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,15 @@ import websockets
 
 from gateway.app import serve
 from gateway.audio import AudioInput
-from shared import config
-from shared.client import speech_url, stream
+from harness.cluster import KSC, Cluster
+from harness.env import REPO, UNIT
+from harness.media import CODECS, encode, pcm_of
+from ksc.client import speech_url, stream
+from shared import config, jobs
 from shared.cluster import free_slots
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import REPO, UNIT
-from tests.gateway.media import CODECS, encode
-from tests.integration.conftest import PREFIX, Cluster
-from tests.integration.test_speech import pcm_of
+from tests.integration.conftest import PREFIX
 
 API = "/v1/transcriptions"
 QUEUE = f"{PREFIX}-batch"
@@ -39,9 +40,7 @@ QUEUE = f"{PREFIX}-batch"
 def batch_worker(redis_server: str) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "shared.cli",
+            *KSC,
             "batch-worker",
             "--redis-url",
             f"{redis_server}/0",
@@ -232,9 +231,8 @@ async def test_ksc_transcribe_batch_writes_srt_and_status_counts_jobs(
     cluster: Cluster, clip: Path, tmp_path: Path, reference_decode: Any
 ) -> None:
     out = tmp_path / "clip.srt"
-    ksc = [sys.executable, "-m", "shared.cli"]
     rc, _, err = await _run(
-        *ksc,
+        *KSC,
         "transcribe",
         "--batch",
         "--url",
@@ -252,11 +250,11 @@ async def test_ksc_transcribe_batch_writes_srt_and_status_counts_jobs(
     assert all(" --> " in c.splitlines()[1] for c in cues)
 
     where = ["--redis-url", cluster.redis_url, "--prefix", PREFIX]
-    rc, out_json, err = await _run(*ksc, "status", *where, "--json")
+    rc, out_json, err = await _run(*KSC, "status", *where, "--json")
     assert rc == 0, err
     jobs = json.loads(out_json)["batch"]
     assert set(jobs) == {"queued", "started", "finished", "failed"} and jobs["finished"] >= 1
-    rc, table, err = await _run(*ksc, "status", *where)
+    rc, table, err = await _run(*KSC, "status", *where)
     assert rc == 0, err
     assert f"finished {jobs['finished']}" in table and f"rq info --url REDIS_URL {QUEUE}" in table
     async with aiohttp.ClientSession() as http, http.get(f"{cluster.http}/status") as resp:
@@ -267,3 +265,25 @@ def test_batch_worker_settings_are_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for flag, env, default, help_text in config.table(config.BatchWorkerSettings):
         assert f"| `{flag}` | `{env}` | `{default}` | {help_text} |" in readme
+
+
+async def test_a_job_queued_under_the_old_function_name_still_runs(
+    cluster: Cluster, clip: Path
+) -> None:
+    """Jobs a 0.1 gateway queued name ``shared.batch.transcribe_job``; a 0.2 batch
+    worker still runs them (kept for one release)."""
+    keys = Keys(PREFIX)
+    job_id = uuid.uuid4().hex
+    request = jobs.JobRequest(model="ko", content_type="", audio_key=keys.batch_audio(job_id))
+    await cluster.gateway.redis.set(request.audio_key, clip.read_bytes())
+    connection = jobs.connect_sync(cluster.redis_url)
+    try:
+        jobs.queue(connection, keys).enqueue(
+            "shared.batch.transcribe_job", kwargs={"request": request.__dict__}, job_id=job_id
+        )
+    finally:
+        connection.close()
+    async with aiohttp.ClientSession() as http:
+        doc = await _wait(http, cluster.http, job_id, ("finished", "failed"))
+    assert doc["state"] == "finished", doc
+    assert doc["text"] and doc["segments"]

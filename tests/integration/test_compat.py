@@ -8,10 +8,10 @@ import logging
 import pytest
 import websockets
 
-from shared.client import speech_url
-from tests.integration.conftest import Cluster
-from tests.integration.test_speech import SENTENCE, assert_well_formed, pcm_of
-from tests.integration.test_vosk import FRAME
+from harness.cluster import Cluster
+from harness.media import pcm_of
+from harness.speech import FRAME, SENTENCE, assert_well_formed
+from ksc.client import speech_url
 
 RAW = "audio/x-raw, rate=(int)16000, format=(string)S16LE, channels=(int)1"
 

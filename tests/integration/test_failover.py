@@ -7,64 +7,19 @@ worker in its place for the next trial.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import signal
-import subprocess
 import time
 import wave
 from collections.abc import AsyncIterator
 
 import pytest
-import websockets
-from redis.asyncio import Redis
 
 from gateway.app import serve
-from shared.client import Transcript, speech_url
+from harness.cluster import wait_for_workers
+from harness.failover import KEYS, PREFIX, Trial, finals, run_session
+from harness.speech import SENTENCES, assert_well_formed
 from shared.config import GatewaySettings
-from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.integration.conftest import start_worker, wait_for_workers
-from tests.integration.test_speech import assert_well_formed
 
-PREFIX = "failover"
-KEYS = Keys(PREFIX)
-SENTENCES = [
-    "안녕하세요. 오늘은 날씨가 아주 좋습니다.",
-    "음성 인식 서버가 잘 작동합니다.",
-    "내일 다시 만나요.",
-]
 RECOVERY: list[float] = []
-
-
-class Trial:
-    def __init__(self, redis_url: str, lease: float = 2.0) -> None:
-        self.redis_url = redis_url
-        self.lease = lease
-        self.redis = Redis.from_url(redis_url)
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
-        self.count = 0
-
-    def start(self) -> None:
-        self.count += 1
-        wid = f"f{self.count}"
-        self.workers[wid] = start_worker(self.redis_url, wid, prefix=PREFIX, lease=self.lease)
-
-    async def owner(self) -> str:
-        async with asyncio.timeout(20 * UNIT):
-            while True:
-                for raw in await self.redis.zrange(KEYS.live, 0, -1):
-                    owner = await self.redis.hget(KEYS.meta(raw.decode()), "owner")
-                    if owner:
-                        return str(owner.decode())
-                await asyncio.sleep(0.02)
-
-    def kill(self, wid: str) -> float:
-        proc = self.workers.pop(wid)
-        proc.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        proc.wait(10)
-        return killed
 
 
 @pytest.fixture
@@ -92,38 +47,6 @@ def speech(espeak_wav) -> bytes:  # type: ignore[no-untyped-def]
             pause = 0.2 if i == len(SENTENCES) - 1 else 1.5
             pcm += bytes(2 * 4800) + w.readframes(w.getnframes()) + bytes(int(2 * 16000 * pause))
     return pcm
-
-
-async def run_session(
-    port: int, pcm: bytes, *, on_message: object = None, on_eos: object = None
-) -> Transcript:
-    """Raw PCM paced at real time in quarter seconds, then EOS; hooks see the progress."""
-    result = Transcript()
-    url = speech_url(f"ws://127.0.0.1:{port}", "audio/x-raw, rate=16000, format=S16LE")
-    async with websockets.connect(url) as ws:
-
-        async def send() -> None:
-            for i in range(0, len(pcm), 8000):
-                await ws.send(pcm[i : i + 8000])
-                await asyncio.sleep(0.25)
-            await ws.send("EOS")
-            if callable(on_eos):
-                await on_eos()
-
-        sender = asyncio.create_task(send())
-
-        async for raw in ws:
-            message = json.loads(raw)
-            result.messages.append(message)
-            if callable(on_message):
-                await on_message(message)
-        sender.cancel()
-        result.close_code = ws.close_code
-    return result
-
-
-def finals(result: Transcript) -> list[tuple[int, str]]:
-    return [(f["segment"], f["result"]["hypotheses"][0]["transcript"]) for f in result.finals]
 
 
 @pytest.mark.parametrize("moment", ["mid-segment", "between-segments", "after-eos"])

@@ -18,16 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.cer import cer
-from shared.client import speech_url, stream
-from tests.gateway.media import CODECS, encode, ogg_vorbis, pcm_as, wav_header
-from tests.integration.conftest import Cluster
-from tests.integration.test_speech import assert_well_formed
-
-
-def pcm_of(path: Path) -> bytes:
-    with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
+from harness.cluster import Cluster
+from harness.media import CODECS, encode, ogg_vorbis, pcm_as, pcm_of, wav_header
+from harness.scoring import cer
+from harness.speech import assert_well_formed
+from ksc.client import speech_url, stream
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import wave
-from pathlib import Path
 
 import aiohttp
 from redis.asyncio import Redis
 
-from shared.client import speech_url, stream
+from harness.cluster import Cluster
+from harness.media import pcm_of
+from harness.speech import COMMANDS
+from ksc.client import speech_url, stream
 from shared.keys import Keys
 from shared.protocol import Status
-from tests.decoder_worker.test_grammar import COMMANDS
-from tests.integration.conftest import PREFIX, Cluster
+from tests.integration.conftest import PREFIX
 
 KEYS = Keys(PREFIX)
 SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다."
-
-
-def pcm_of(path: Path) -> bytes:
-    with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
 
 
 async def test_phrases_restrict_the_output(running: Cluster, espeak_wav, reference_decode) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from harness.cluster import Cluster
+from harness.env import UNIT
+from harness.media import CODECS, encode, pcm_of
 from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.gateway.media import CODECS, encode
-from tests.integration.conftest import PREFIX, Cluster
-from tests.integration.test_speech import pcm_of
+from tests.integration.conftest import PREFIX
 
 KEYS = Keys(PREFIX)
 RECOGNIZE = "/client/dynamic/recognize"

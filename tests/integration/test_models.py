@@ -7,59 +7,34 @@ serving that id. Unknown ids get status 8, never status 9.
 
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-import tests.conftest as root
 from gateway.app import serve
-from shared.client import speech_url, stream
+from harness import reference
+from harness.cluster import Cluster, free_port, start_up, start_worker, stop, wait_for_workers
+from harness.env import UNIT
+from harness.media import pcm_of
+from harness.speech import SENTENCE
+from ksc.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from shared.up import free_port
-from tests.conftest import UNIT
-from tests.integration.conftest import Cluster, start_up, start_worker, wait_for_workers
 
 PREFIX = "models"
 KEYS = Keys(PREFIX)
 NARROW = {"beam": 2.0, "max_active": 300}
-SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _load_tuned(model_path: str, decoder: dict[str, Any]) -> None:
-    """Spawned reference process: the model with other decoder settings, as a worker
-    with ``--beam``/``--max-active`` loads it."""
-    from decoder_worker.engine import KagEngine
-    from decoder_worker.model import load_prepared
-
-    model = load_prepared(Path(model_path))
-    model = replace(model, decoder={**model.decoder, **decoder})
-    root._REFERENCE = (KagEngine.load(model), model.endpoint)
 
 
 @pytest.fixture(scope="module")
 def narrow_reference(prepared_model: Any) -> Iterator[Callable[[bytes], Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1, initializer=_load_tuned, initargs=(str(prepared_model.path), NARROW)) as pool:
-        yield lambda pcm: pool.apply(root._reference_decode, (pcm, 8000))
+    """Direct decoding with other decoder settings, as a worker with ``--beam``/``--max-active``."""
+    with reference.pool(prepared_model.path, NARROW) as decode:
+        yield decode
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +66,7 @@ async def two_models(redis_server: str, prepared_model: Any) -> AsyncIterator[Cl
         async with serve(settings) as (gateway, port):
             yield Cluster(url, gateway, port, procs)
     finally:
-        stop(list(procs.values()))
-
-
-def pcm_of(path: Path) -> bytes:
-    import wave
-
-    with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
+        stop(*procs.values())
 
 
 async def test_each_id_decodes_with_its_own_settings(

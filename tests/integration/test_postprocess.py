@@ -14,11 +14,10 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import serve
-from shared.client import speech_url, stream
+from harness.cluster import Cluster, start_worker, stop, wait_for_workers
+from ksc.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.integration.conftest import Cluster, start_worker, wait_for_workers
-from tests.integration.test_models import stop
 
 PREFIX = "post"
 KEYS = Keys(PREFIX)
@@ -100,7 +99,7 @@ async def post_cluster(
         async with serve(settings) as (gateway, port):
             yield Cluster(url, gateway, port, procs), mode
     finally:
-        stop(list(procs.values()))
+        stop(*procs.values())
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ import os
 import re
 from pathlib import Path
 
-from tests.conftest import REPO, UNIT
-from tests.gateway.media import CODECS, encode
-from tests.integration.conftest import PREFIX, Cluster
+from harness.cluster import Cluster
+from harness.env import REPO, UNIT
+from harness.media import CODECS, encode
+from tests.integration.conftest import PREFIX
 
 
 def tour_commands() -> list[str]:

@@ -27,15 +27,14 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import Gateway, serve
-from shared import cluster, redis_client, sessions
-from shared.client import Transcript, speech_url, stream
+from harness.cluster import free_port, start_worker, wait_for_workers
+from harness.env import UNIT
+from harness.failover import finals, run_session
+from harness.speech import SENTENCE, SENTENCES, assert_well_formed
+from ksc.client import Transcript, speech_url, stream
+from shared import cluster, records, redis_client
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from shared.up import free_port
-from tests.conftest import UNIT
-from tests.integration.conftest import start_worker, wait_for_workers
-from tests.integration.test_failover import SENTENCES, finals, run_session
-from tests.integration.test_speech import SENTENCE, assert_well_formed
 
 PREFIX = "faults"
 KEYS = Keys(PREFIX)
@@ -280,7 +279,7 @@ async def test_restart_without_data_ends_session_clearly(
             result, _ = await with_fault(gw_port, speech, first_partial_of(1), wipe)
         ended = time.monotonic() - started
         assert result.status == 2, result.messages[-1]
-        assert result.messages[-1]["message"] == sessions.DATA_LOST
+        assert result.messages[-1]["message"] == records.DATA_LOST
         assert result.close_code == 1000
         assert [f["segment"] for f in result.finals] == [0]
         # Both processes carry on: the worker registers again, the group is recreated.

@@ -32,13 +32,13 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import serve
+from harness.cluster import start_worker, wait_for_workers
+from harness.env import UNIT
+from harness.speech import SENTENCES
+from ksc.client import Transcript, speech_url, stream
 from shared import cluster
-from shared.client import Transcript, speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.integration.conftest import start_worker, wait_for_workers
-from tests.integration.test_failover import SENTENCES
 
 PREFIX = "rolling"
 KEYS = Keys(PREFIX)

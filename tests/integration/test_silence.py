@@ -14,11 +14,11 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import serve
-from shared.client import speech_url, stream
+from harness.cluster import Cluster, start_worker, stop, wait_for_workers
+from harness.media import pcm_of
+from ksc.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.integration.conftest import Cluster, start_worker, wait_for_workers
-from tests.integration.test_models import pcm_of, stop
 
 PREFIX = "silence"
 KEYS = Keys(PREFIX)
@@ -49,7 +49,7 @@ async def quiet_cluster(
         async with serve(settings) as (gateway, port):
             yield Cluster(url, gateway, port, {"quiet-1": proc}), out_dir
     finally:
-        stop([proc])
+        stop(proc)
 
 
 async def test_audio_without_speech_ends_with_status_1(

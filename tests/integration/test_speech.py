@@ -5,50 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import wave
 from pathlib import Path
 
 import aiohttp
 import pytest
 import websockets
 
-from benchmarks.cer import cer, read_manifest
+from harness.cluster import Cluster
+from harness.env import UNIT
+from harness.media import pcm_of
+from harness.scoring import cer, read_manifest
+from harness.speech import SENTENCE, assert_well_formed
+from ksc.client import speech_url, stream
 from shared import cluster
-from shared.client import speech_url, stream
 from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.integration.conftest import PREFIX, Cluster
+from tests.integration.conftest import PREFIX
 
 KEYS = Keys(PREFIX)
-SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."
-
-
-def pcm_of(path: Path) -> bytes:
-    with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
-
-
-def assert_well_formed(messages: list[dict], sid_check: bool = True) -> None:
-    assert messages, "no messages"
-    ids = {m["id"] for m in messages}
-    assert len(ids) == 1 and all(ids), "every message carries one session id"
-    for m in messages:
-        assert m["status"] == 0, m
-        hyps = m["result"]["hypotheses"]
-        assert hyps and hyps[0]["transcript"], "never an empty hypotheses list"
-    finals = [m for m in messages if m["result"]["final"]]
-    assert [f["segment"] for f in finals] == list(range(len(finals))), "finals in order, once each"
-    for f in finals:
-        assert f["segment-start"] >= 0 and f["segment-length"] > 0
-        assert f["segment-start"] + f["segment-length"] <= f["total-length"] + 1e-6
-        assert isinstance(f["result"]["hypotheses"][0]["likelihood"], float)
-    # Partials only for open segments, never after their final.
-    done = -1
-    for m in messages:
-        if m["result"]["final"]:
-            done = m["segment"]
-        else:
-            assert m["segment"] > done
 
 
 async def test_client_py_behaviour_realtime(running: Cluster, espeak_wav) -> None:

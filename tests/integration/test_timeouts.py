@@ -23,15 +23,15 @@ import websockets
 from redis.asyncio import Redis
 
 from gateway.app import serve
+from harness.cluster import Cluster, free_port, start_worker, wait_for_workers
+from harness.env import UNIT
+from harness.speech import SENTENCE
+from ksc.client import speech_url, stream
 from shared import cluster
-from shared.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from shared.up import free_port
-from tests.conftest import UNIT
-from tests.integration.conftest import PREFIX, Cluster, start_worker, wait_for_workers
+from tests.integration.conftest import PREFIX
 
-SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."
 RAW = (
     "audio/x-raw, layout=(string)interleaved, rate=(int)16000, format=(string)S16LE, "
     "channels=(int)1"

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import wave
 from contextlib import suppress
-from pathlib import Path
 
 import aiohttp
 import websockets
 
+from harness.cluster import Cluster
+from harness.media import pcm_of
+from harness.speech import COMMANDS, FRAME, SENTENCE
 from shared.protocol import Status
-from tests.decoder_worker.test_grammar import COMMANDS
-from tests.integration.conftest import Cluster
-
-SENTENCE = "안녕하세요. 오늘은 날씨가 아주 좋습니다. 음성 인식 서버가 잘 작동합니다."
-FRAME = 8000  # bytes of PCM per message: a quarter second at 16 kHz
-
-
-def pcm_of(path: Path) -> bytes:
-    with wave.open(str(path)) as wav:
-        return wav.readframes(wav.getnframes())
 
 
 async def converse(url: str, pcm: bytes, config: str | None) -> tuple[list[dict], int, int | None]:

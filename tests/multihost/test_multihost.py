@@ -15,12 +15,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.integration.test_speech import assert_well_formed
-from tests.multihost.conftest import (
+from harness.multihost import (
     KEY_PREFIX,
     LEASE_S,
     SCALE,
-    SENTENCES,
     WORKERS,
     ClientRun,
     Cluster,
@@ -28,6 +26,7 @@ from tests.multihost.conftest import (
     session_with_cut,
     timeline,
 )
+from harness.speech import SENTENCES, assert_well_formed
 
 #: The finals of a no-fault run of the speech, from the first test (or made on demand).
 REFERENCE: dict[str, list[tuple[int, str]]] = {}

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from harness.env import REPO
 from shared import config
-from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("cls", [config.GatewaySettings, config.WorkerSettings, config.UpSettings])

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from shared.client import Transcript, speech_url
-from shared.transcribe import render
+from ksc.client import Transcript, speech_url
+from ksc.transcribe import render
 
 
 def final(segment: int, start: float, length: float, text: str) -> dict:  # type: ignore[type-arg]
@@ -73,7 +73,7 @@ def test_audio_seconds_from_the_container() -> None:
     import io
     import wave
 
-    from shared.transcribe import audio_seconds
+    from ksc.transcribe import audio_seconds
 
     buf = io.BytesIO()
     with wave.open(buf, "wb") as wav:

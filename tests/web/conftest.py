@@ -15,10 +15,10 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import serve
+from harness.cluster import Cluster, start_worker, wait_for_workers
+from harness.env import UNIT
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.integration.conftest import Cluster, start_worker, wait_for_workers
 
 CHROMIUM = Path("/usr/bin/chromium")
 PREFIX = "webtest"

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from aiohttp import test_utils, web
 
-from gateway import web as web_page
+from gateway import page
 from gateway.app import serve
+from harness.cluster import Cluster
+from harness.env import REPO, UNIT
 from shared.config import GatewaySettings
-from tests.conftest import REPO, UNIT
-from tests.integration.conftest import Cluster
 
 WEB = REPO / "gateway" / "static"
 SCREENSHOT = REPO / "docs" / "screenshots" / "web.png"
@@ -47,7 +47,7 @@ MIN_SIMILARITY = 0.9
 
 async def _client(root: Path = WEB) -> test_utils.TestClient:  # type: ignore[type-arg]
     app = web.Application()
-    web_page.add_routes(app, root)
+    page.add_routes(app, root)
     client = test_utils.TestClient(test_utils.TestServer(app))
     await client.start_server()
     return client

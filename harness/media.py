@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,36 @@ def pcm_as(samples: np.ndarray, fmt: str) -> bytes:
     if fmt == "F64LE":
         return (s / 32768.0).astype("<f8").tobytes()
     raise ValueError(fmt)
+
+
+def pcm_of(path: Path) -> bytes:
+    """The sample frames of a WAV file, as they are."""
+    with wave.open(str(path)) as wav:
+        return bytes(wav.readframes(wav.getnframes()))
+
+
+def read_wav(path: Path) -> bytes:
+    """PCM of a 16 kHz mono s16 WAV file (the recordings' format); ValueError otherwise."""
+    with wave.open(str(path)) as w:
+        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (16000, 1, 2):
+            raise ValueError(f"{path}: expected 16 kHz mono 16-bit")
+        return bytes(w.readframes(w.getnframes()))
+
+
+def espeak(text: str, out: Path, *, rate: int = 16000, speed: int = 140) -> Path:
+    """Korean speech from espeak-ng (deterministic for a given text), as a mono s16 WAV."""
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "ko", "-s", str(speed), "-w", str(raw), text], check=True)
+    subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out)], check=True)
+    return out
+
+
+def sentences_pcm(folder: Path, texts: list[str]) -> bytes:
+    """The sentences as one 16 kHz stream: 0.3 s before each, 1.5 s pauses between them
+    (they end segments), 0.2 s after the last (still open when the stream ends)."""
+    pcm = b""
+    for i, text in enumerate(texts):
+        pause = 0.2 if i == len(texts) - 1 else 1.5
+        speech = pcm_of(espeak(text, folder / f"s{i}.wav"))
+        pcm += bytes(2 * 4800) + speech + bytes(int(2 * 16000 * pause))
+    return pcm

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.session import ClientSession, Phase
+from gateway.core import Phase, SessionCore
 from shared.protocol import BadRequest, NoDecoderAvailable
 from shared.wire import Claimed, Done, Failed, FinalResult, PartialResult
 
@@ -15,8 +15,8 @@ def final(segment: int, text: str = "안녕") -> FinalResult:
     return FinalResult(segment, text, 1.5, start=segment * 2.0, length=1.0, total=segment * 2.0 + 1)
 
 
-def streaming() -> ClientSession:
-    core = ClientSession("sid")
+def streaming() -> SessionCore:
+    core = SessionCore("sid")
     core.on_event(Claimed("w1"))
     return core
 
@@ -78,7 +78,7 @@ def test_failed_event_sends_status_and_closes() -> None:
 
 
 def test_client_errors() -> None:
-    core = ClientSession("sid")
+    core = SessionCore("sid")
     with pytest.raises(BadRequest):
         core.on_audio()  # before a worker claimed the session
     core.on_event(Claimed("w1"))
@@ -91,7 +91,7 @@ def test_client_errors() -> None:
 
 
 def test_no_decoder_is_status_9_once() -> None:
-    core = ClientSession("sid")
+    core = SessionCore("sid")
     outcome = core.on_error(NoDecoderAvailable())
     assert json.loads(outcome.messages[0]) == {
         "status": 9,
