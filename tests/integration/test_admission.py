@@ -12,12 +12,14 @@ import pytest
 import websockets
 
 from gateway.app import serve
+from gateway.runner import QUEUE_REPORT_INTERVAL_S
+from harness.cluster import Cluster
+from harness.env import UNIT
+from ksc.client import speech_url
 from shared import cluster
-from shared.client import speech_url
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from tests.conftest import UNIT
-from tests.integration.conftest import PREFIX, Cluster
+from tests.integration.conftest import PREFIX
 
 KEYS = Keys(PREFIX)
 SHORT = "안녕하세요. 음성 인식 서버입니다."
@@ -84,7 +86,12 @@ async def test_queue_position_messages(
         for ws in (a, b):
             await ws.send(wav)
             await ws.send("EOS")
-        await asyncio.sleep(1.5 * UNIT)  # B is queued now, and would have been told
+        # Both wait for a slot now; A has been told its place, so B would have been by
+        # the next report (sent at once, then on change, at most every interval).
+        async with asyncio.timeout(20 * UNIT):
+            while sum(s.state == "queued" for s in await cluster.sessions(redis, KEYS)) < 2:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(2 * QUEUE_REPORT_INTERVAL_S * UNIT)
         assert not silent, "no queue messages by default"
 
         # Free the slots: A goes first, then B; both are decoded in full.

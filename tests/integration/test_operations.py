@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
+from contextlib import suppress
 
 import aiohttp
 import pytest
@@ -14,25 +14,17 @@ import websockets
 
 from gateway.app import serve
 from gateway.state import Gateway
-from shared.client import speech_url, stream
+from harness.cluster import KSC, Cluster, free_port, start_worker, wait_for_workers
+from harness.env import UNIT
+from harness.speech import SENTENCE, assert_well_formed
+from ksc.client import speech_url, stream
 from shared.config import GatewaySettings
 from shared.keys import Keys
-from shared.up import free_port
-from tests.conftest import UNIT
-from tests.integration.conftest import (
-    METRICS_PORTS,
-    PREFIX,
-    Cluster,
-    start_worker,
-    wait_for_workers,
-)
-from tests.integration.test_speech import SENTENCE, assert_well_formed
+from tests.integration.conftest import METRICS_PORTS, PREFIX
 
 
 def ksc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([*KSC, *args], capture_output=True, text=True, timeout=60)
 
 
 async def get_text(url: str) -> str:
@@ -95,6 +87,18 @@ async def test_worker_sigterm_finishes_the_running_session(redis_server: str, es
         await redis.aclose()
 
 
+async def _accepts(host: str, port: int) -> bool:
+    """Whether a TCP connection to the port is accepted (the listener is open)."""
+    try:
+        _reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    with suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def test_gateway_drain(running: Cluster, espeak_wav) -> None:
     """A draining gateway is not ready, refuses new connections, lets sessions finish."""
     settings = GatewaySettings(
@@ -116,8 +120,10 @@ async def test_gateway_drain(running: Cluster, espeak_wav) -> None:
         while not gateway.sessions:
             await asyncio.sleep(0.05)
     stop.set()  # as SIGTERM does
-    await asyncio.sleep(0.5 * UNIT)
-    assert not gateway.ready and not server.done()
+    async with asyncio.timeout(10 * UNIT):
+        while gateway.ready or await _accepts("127.0.0.1", port):
+            await asyncio.sleep(0.02)
+    assert not server.done(), "the open session keeps the gateway draining"
     with pytest.raises(OSError):
         await websockets.connect(speech_url(base))
     result = await session

@@ -10,9 +10,8 @@ import urllib.request
 
 import pytest
 
-from shared.up import free_port
-from tests.conftest import UNIT
-from tests.integration.conftest import start_up
+from harness.cluster import free_port, start_up
+from harness.env import UNIT
 
 
 def status(port: int) -> dict | None:  # type: ignore[type-arg]
@@ -40,11 +39,10 @@ def test_dead_and_hung_workers_are_replaced(redis_server: str, prepared_model: o
     up = start_up(f"{redis_server}/0", "uptest", port)
     try:
         assert up.stdout is not None
-        for line in up.stdout:  # ready, serving, and supervising
+        for line in up.stdout:  # ready, every process answered a health check, supervising
             if line.startswith("serving;"):
                 break
         first = wait_for_worker(port)
-        time.sleep(2.5 * UNIT)  # one health check has seen it answer
         os.kill(first, signal.SIGSTOP)  # hung: alive, but its event loop answers nothing
         second = wait_for_worker(port, not_pid=first)
         with pytest.raises(ProcessLookupError):
