@@ -38,7 +38,7 @@ from benchmarks.common import RAW_CAPS
 from harness.cluster import free_port, redis_server, start_gateway, stop
 from harness.measure import cpu_seconds, percentile
 from ksc.client import speech_url
-from shared import records, redis_client
+from shared import cluster, records, redis_client
 from shared.keys import GROUP, Keys
 from shared.wire import Claimed, SessionRequest, serialize_event
 
@@ -58,22 +58,16 @@ class Claimant:
         self.claimed = 0
 
     async def beat(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            self.keys.worker(WORKER),
-            mapping={
-                "host": "bench",
-                "pid": 0,
-                "slots_total": self.slots,
-                "slots_free": self.slots,
-                "models": MODEL,
-                "version": "bench",
-                "heartbeat": repr(time.time()),
-            },
+        heartbeat = cluster.Heartbeat(
+            host="bench",
+            pid=0,
+            slots_total=self.slots,
+            slots_free=self.slots,
+            models=(MODEL,),
+            version="bench",
+            at=time.time(),
         )
-        pipe.zadd(self.keys.workers, {WORKER: time.time()})
-        pipe.hset(self.keys.models, MODEL, json.dumps({"sample_rate": 16000}))
-        await pipe.execute()
+        await cluster.beat(self.redis, self.keys, WORKER, heartbeat, sample_rate=16000)
 
     async def run(self) -> None:
         stream = self.keys.sessions(MODEL)

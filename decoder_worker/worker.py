@@ -21,7 +21,6 @@ to ``drain_timeout`` -> release the rest to other workers -> stop the decoder pr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -43,9 +42,9 @@ from decoder_worker.grammar import GrammarCompiler
 from decoder_worker.model import PreparedModel
 from decoder_worker.postprocess import PostProcessors
 from decoder_worker.slots import DecoderPool
-from shared import metrics, records, redis_client
+from shared import cluster, metrics, records, redis_client
 from shared.config import WorkerSettings
-from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, WORKER_TTL_S, Keys
+from shared.keys import GROUP, HEARTBEAT_INTERVAL_S, Keys
 from shared.metrics import WorkerMetrics
 from shared.records import Claim
 from shared.tasks import stop_tasks
@@ -139,8 +138,7 @@ class Worker:
             await self.pool.close()
             await self.post.close()
             with suppress(Exception):
-                await self.redis.delete(self.keys.worker(self.id))
-                await self.redis.zrem(self.keys.workers, self.id)
+                await cluster.leave(self.redis, self.keys, self.id)
             await self.redis.aclose()
             if metrics_site is not None:
                 await metrics_site.cleanup()
@@ -174,27 +172,17 @@ class Worker:
         return 0 if self.draining else self.pool.size - self._busy
 
     async def heartbeat_once(self) -> None:
-        now = time.time()
         self.metrics.slots_free.set(self.slots_free)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            self.keys.worker(self.id),
-            mapping={
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "slots_total": self.pool.size,
-                "slots_free": self.slots_free,
-                "models": self.settings.model_id,
-                "version": VERSION,
-                "heartbeat": repr(now),
-            },
+        heartbeat = cluster.Heartbeat(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slots_total=self.pool.size,
+            slots_free=self.slots_free,
+            models=(self.settings.model_id,),
+            version=VERSION,
+            at=time.time(),
         )
-        pipe.expire(self.keys.worker(self.id), WORKER_TTL_S)
-        pipe.zadd(self.keys.workers, {self.id: now})
-        pipe.hset(
-            self.keys.models, self.settings.model_id, json.dumps({"sample_rate": self.sample_rate})
-        )
-        await pipe.execute()
+        await cluster.beat(self.redis, self.keys, self.id, heartbeat, self.sample_rate)
 
     async def _heartbeat(self) -> None:
         """Refresh the heartbeat periodically, and at once when the free slots change."""

@@ -1,6 +1,10 @@
-"""A read-only view of the cluster as Redis holds it: workers, models, live sessions.
+"""The cluster as Redis holds it: workers' heartbeats, models, live sessions.
 
-Used by the gateway (admission, readiness, ``/client/ws/status``) and by ``ksc status``.
+A decoder worker writes its :class:`Heartbeat` (:func:`beat`) every second and removes
+it when it stops (:func:`leave`); the gateway (admission, readiness,
+``/client/ws/status``), the batch worker and ``ksc status`` read them
+(:func:`workers`). Both sides of that record are here, so its fields have one
+definition.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,8 +54,66 @@ class ModelInfo:
     sample_rate: int
 
 
-def _s(raw: dict[bytes, bytes], name: str, default: str = "") -> str:
+def _s(raw: Mapping[bytes, bytes], name: str, default: str = "") -> str:
     return raw.get(name.encode(), default.encode()).decode()
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A worker's record ``P:worker:<id>`` (a hash with a TTL), as of its last beat."""
+
+    host: str
+    pid: int
+    slots_total: int
+    slots_free: int
+    models: tuple[str, ...]
+    version: str
+    #: when it was written (``time.time()``)
+    at: float
+
+    def fields(self) -> dict[str, str | int]:
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "slots_total": self.slots_total,
+            "slots_free": self.slots_free,
+            "models": ",".join(self.models),
+            "version": self.version,
+            "heartbeat": repr(self.at),
+        }
+
+    @classmethod
+    def parse(cls, raw: Mapping[bytes, bytes]) -> Heartbeat:
+        return cls(
+            host=_s(raw, "host"),
+            pid=int(_s(raw, "pid", "0")),
+            slots_total=int(_s(raw, "slots_total", "0")),
+            slots_free=int(_s(raw, "slots_free", "0")),
+            models=tuple(m for m in _s(raw, "models").split(",") if m),
+            version=_s(raw, "version"),
+            at=float(_s(raw, "heartbeat", "0")),
+        )
+
+
+async def beat(
+    redis: Redis, keys: Keys, worker_id: str, heartbeat: Heartbeat, sample_rate: int
+) -> None:
+    """Write a worker's heartbeat (with its TTL), index it, and register its models."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(keys.worker(worker_id), mapping=heartbeat.fields())
+    pipe.expire(keys.worker(worker_id), WORKER_TTL_S)
+    pipe.zadd(keys.workers, {worker_id: heartbeat.at})
+    for model_id in heartbeat.models:
+        pipe.hset(keys.models, model_id, json.dumps({"sample_rate": sample_rate}))
+    await pipe.execute()
+
+
+async def leave(redis: Redis, keys: Keys, worker_id: str) -> None:
+    """Remove a stopping worker's heartbeat, so nobody counts its slots any more."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.delete(keys.worker(worker_id))
+    pipe.zrem(keys.workers, worker_id)
+    await pipe.execute()
 
 
 async def workers(redis: Redis, keys: Keys) -> list[WorkerInfo]:
@@ -63,16 +126,17 @@ async def workers(redis: Redis, keys: Keys) -> list[WorkerInfo]:
         raw = await redis.hgetall(keys.worker(wid))
         if not raw:
             continue
+        beat_ = Heartbeat.parse(raw)
         result.append(
             WorkerInfo(
                 id=wid,
-                host=_s(raw, "host"),
-                pid=int(_s(raw, "pid", "0")),
-                slots_total=int(_s(raw, "slots_total", "0")),
-                slots_free=int(_s(raw, "slots_free", "0")),
-                models=tuple(m for m in _s(raw, "models").split(",") if m),
-                version=_s(raw, "version"),
-                heartbeat_age=round(now - float(_s(raw, "heartbeat", "0")), 3),
+                host=beat_.host,
+                pid=beat_.pid,
+                slots_total=beat_.slots_total,
+                slots_free=beat_.slots_free,
+                models=beat_.models,
+                version=beat_.version,
+                heartbeat_age=round(now - beat_.at, 3),
             )
         )
     return result
