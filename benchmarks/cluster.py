@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cluster import KSC, LocalRedis, free_port, wait_ready
+from harness.cluster import KSC, LocalRedis, free_port, stop, wait_ready
 from harness.measure import tree_memory
 from harness.scoring import DEFAULT_CLIPS, cer, read_manifest
 from ksc.client import speech_url, stream
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         after = tree_memory(worker.pid)
         cpu = asyncio.run(decoder_cpu(redis.url, prefix, live["sids"]))
     finally:
-        for proc in (gateway, worker):
-            proc.terminate()
-            proc.wait(30)
+        stop(gateway, worker)
         redis.stop()
     n = args.sessions
     report = {

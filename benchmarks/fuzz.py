@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.cluster import KSC, LocalRedis, free_port, wait_ready
+from harness.cluster import KSC, LocalRedis, free_port, stop, wait_ready
 from harness.fuzz import RAW, Target, gateway_memory, idle_connections, run_corpus
 from harness.media import sentences_pcm
 from harness.speech import SENTENCES
@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             report = asyncio.run(_script(target, gateway.pid, args.rounds, args.idle, args.seed))
             report["crashes"] = sum(p.poll() is not None for p in (gateway, worker))
         finally:
-            for proc in (gateway, worker):
-                proc.terminate()
-                proc.wait(30)
+            stop(gateway, worker)
             redis.stop()
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

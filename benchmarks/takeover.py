@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import serve
-from harness.cluster import LocalRedis, wait_for_workers
+from harness.cluster import LocalRedis, stop, wait_for_workers
 from harness.failover import KEYS, PREFIX, Trial, finals, run_session
 from harness.measure import percentile
 from harness.media import sentences_pcm
@@ -120,10 +120,7 @@ async def run(trials: int, seed: int, redis_url: str, lease: float = LEASE_S) ->
                 trial.start()  # a replacement, as a supervisor would start
                 await wait_for_workers(trial.redis, KEYS, 2)
     finally:
-        for proc in trial.workers.values():
-            proc.terminate()
-        for proc in trial.workers.values():
-            proc.wait(30)
+        stop(*trial.workers.values())
         await trial.redis.aclose()
     recoveries = [r["recovery_s"] for r in results if r["recovery_s"] is not None]
     return {

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from harness.env import CACHE, REPO, UNIT
-from harness.measure import max_sustained, percentile
 
 KEYS = (
     "overhead_ratio",
@@ -28,25 +27,6 @@ KEYS = (
     "gateway_streams",
     "gateway_p99_forward_ms",
 )
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 95) == 95.0
-    assert percentile(values, 99) == 99.0
-    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert percentile([], 95) == 0.0
-
-
-def test_max_sustained_stops_at_the_first_failed_level() -> None:
-    rows = [
-        {"concurrency": 1, "sustained": True},
-        {"concurrency": 2, "sustained": True},
-        {"concurrency": 3, "sustained": False},
-        {"concurrency": 4, "sustained": True},
-    ]
-    assert max_sustained(rows) == 2
-    assert max_sustained(rows[2:]) == 0
 
 
 def test_bench_smoke_writes_every_figure(tmp_path: Path, prepared_model: object) -> None:

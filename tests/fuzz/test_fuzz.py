@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from harness.cluster import KSC, free_port, start_worker, wait_for_workers
+from harness.cluster import KSC, free_port, start_worker, stop, wait_for_workers
 from harness.env import UNIT
 from harness.fuzz import RAW, Target, gateway_memory, idle_connections, run_corpus
 from harness.speech import SENTENCES
@@ -74,10 +74,7 @@ def fuzz_target(redis_server: str, prepared_model: object) -> Iterator[tuple[Tar
     target = Target(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", MAX_FRAME)
     procs = [gateway, worker]
     yield target, procs
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(30)
+    stop(*procs)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import websockets
 
 from gateway.app import serve
 from gateway.audio import AudioInput
-from harness.cluster import KSC, Cluster
+from harness.cluster import KSC, Cluster, stop
 from harness.env import REPO, UNIT
 from harness.media import CODECS, encode, pcm_of
 from ksc.client import speech_url, stream
@@ -53,12 +53,7 @@ def batch_worker(redis_server: str) -> Iterator[subprocess.Popen[bytes]]:
         ]
     )
     yield proc
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc)
 
 
 @pytest.fixture(scope="module")

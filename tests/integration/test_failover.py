@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.app import serve
-from harness.cluster import wait_for_workers
+from harness.cluster import stop, wait_for_workers
 from harness.failover import KEYS, PREFIX, Trial, finals, run_session
 from harness.speech import SENTENCES, assert_well_formed
 from shared.config import GatewaySettings
@@ -30,10 +30,7 @@ async def trial(redis_server: str, prepared_model: object) -> AsyncIterator[Tria
     t.start()
     await wait_for_workers(t.redis, KEYS, 2)
     yield t
-    for proc in t.workers.values():
-        proc.terminate()
-    for proc in t.workers.values():
-        proc.wait(30)
+    stop(*t.workers.values())
     await t.redis.aclose()
 
 

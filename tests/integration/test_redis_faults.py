@@ -27,7 +27,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import Gateway, serve
-from harness.cluster import free_port, start_worker, wait_for_workers
+from harness.cluster import free_port, start_worker, stop, wait_for_workers
 from harness.env import UNIT
 from harness.failover import finals, run_session
 from harness.speech import SENTENCE, SENTENCES, assert_well_formed
@@ -111,13 +111,7 @@ class Processes:
         proc.wait(10)
 
     def close(self) -> None:
-        for proc in self.workers.values():
-            proc.terminate()
-        for proc in self.workers.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*self.workers.values())
         for server in reversed(self.servers):
             server.stop()
 

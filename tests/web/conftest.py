@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import serve
-from harness.cluster import Cluster, start_worker, wait_for_workers
+from harness.cluster import Cluster, start_worker, stop, wait_for_workers
 from harness.env import UNIT
 from shared.config import GatewaySettings
 from shared.keys import Keys
@@ -40,13 +40,7 @@ def web_workers(
     url = f"{redis_server}/0"
     procs = {wid: start_worker(url, wid, slots=1, prefix=PREFIX) for wid in WORKERS}
     yield procs
-    for proc in procs.values():
-        proc.terminate()
-    for proc in procs.values():
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop(*procs.values())
 
 
 @pytest.fixture(scope="session")
