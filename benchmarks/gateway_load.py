@@ -65,7 +65,6 @@ class Claimant:
             slots_free=self.slots,
             models=(MODEL,),
             version="bench",
-            at=time.time(),
         )
         await cluster.beat(self.redis, self.keys, WORKER, heartbeat, sample_rate=16000)
 

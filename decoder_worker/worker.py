@@ -144,11 +144,7 @@ class Worker:
                 await metrics_site.cleanup()
 
     async def _ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await cluster.ensure_queue(self.redis, self.keys, self.settings.model_id)
 
     async def _serve_metrics(self) -> web.AppRunner | None:
         """``/metrics`` for Prometheus and ``/healthz`` (the event loop answers)."""
@@ -180,7 +176,7 @@ class Worker:
             slots_free=self.slots_free,
             models=(self.settings.model_id,),
             version=VERSION,
-            at=time.time(),
+            draining=self.draining,
         )
         await cluster.beat(self.redis, self.keys, self.id, heartbeat, self.sample_rate)
 

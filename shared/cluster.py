@@ -1,10 +1,16 @@
-"""The cluster as Redis holds it: workers' heartbeats, models, live sessions.
+"""The cluster as Redis holds it: workers' heartbeats, models, live sessions, queues.
 
 A decoder worker writes its :class:`Heartbeat` (:func:`beat`) every second and removes
 it when it stops (:func:`leave`); the gateway (admission, readiness,
 ``/client/ws/status``), the batch worker and ``ksc status`` read them
 (:func:`workers`). Both sides of that record are here, so its fields have one
-definition.
+definition. Heartbeats are stamped and aged in Redis server time, so hosts whose
+clocks disagree still agree on which workers are live; a worker counts as live for
+:data:`~shared.keys.WORKER_LIVE_S` after its last beat.
+
+:func:`queued` counts the sessions waiting in a model's stream exactly and repairs the
+consumer group's ``lag`` if Redis has it wrong (it is an estimate, and after an AOF
+reload it can be far off): admission and the KEDA trigger both rely on it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared.keys import GROUP, WORKER_TTL_S, Keys
+from shared.keys import GROUP, WORKER_LIVE_S, WORKER_TTL_S, Keys
 
 #: What a model id may look like: a name, never a path.
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -35,6 +41,8 @@ class WorkerInfo:
     models: tuple[str, ...]
     version: str
     heartbeat_age: float
+    #: stopping: it takes no new session, so its slots are not capacity
+    draining: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,10 @@ class Heartbeat:
     slots_free: int
     models: tuple[str, ...]
     version: str
-    #: when it was written (``time.time()``)
-    at: float
+    #: when it was written, Redis server time (seconds); :func:`beat` stamps it
+    at: float = 0.0
+    #: stopping: its running sessions finish, it claims no new one
+    draining: bool = False
 
     def fields(self) -> dict[str, str | int]:
         return {
@@ -80,6 +90,7 @@ class Heartbeat:
             "models": ",".join(self.models),
             "version": self.version,
             "heartbeat": repr(self.at),
+            "draining": int(self.draining),
         }
 
     @classmethod
@@ -92,17 +103,26 @@ class Heartbeat:
             models=tuple(m for m in _s(raw, "models").split(",") if m),
             version=_s(raw, "version"),
             at=float(_s(raw, "heartbeat", "0")),
+            draining=_s(raw, "draining", "0") == "1",
         )
+
+
+async def server_time(redis: Redis) -> float:
+    """Redis's clock, in seconds: the one clock every host of the cluster shares."""
+    seconds, micros = await redis.time()
+    return float(seconds) + float(micros) / 1e6
 
 
 async def beat(
     redis: Redis, keys: Keys, worker_id: str, heartbeat: Heartbeat, sample_rate: int
 ) -> None:
-    """Write a worker's heartbeat (with its TTL), index it, and register its models."""
+    """Write a worker's heartbeat stamped with Redis's time (its ``at`` is ignored),
+    with its TTL; index it and register its models."""
+    stamped = replace(heartbeat, at=await server_time(redis))
     pipe = redis.pipeline(transaction=False)
-    pipe.hset(keys.worker(worker_id), mapping=heartbeat.fields())
+    pipe.hset(keys.worker(worker_id), mapping=stamped.fields())
     pipe.expire(keys.worker(worker_id), WORKER_TTL_S)
-    pipe.zadd(keys.workers, {worker_id: heartbeat.at})
+    pipe.zadd(keys.workers, {worker_id: stamped.at})
     for model_id in heartbeat.models:
         pipe.hset(keys.models, model_id, json.dumps({"sample_rate": sample_rate}))
     await pipe.execute()
@@ -117,16 +137,21 @@ async def leave(redis: Redis, keys: Keys, worker_id: str) -> None:
 
 
 async def workers(redis: Redis, keys: Keys) -> list[WorkerInfo]:
-    """Workers whose heartbeat is fresh; stale index entries are pruned on the way."""
-    now = time.time()
+    """Live workers: those whose last heartbeat is younger than ``WORKER_LIVE_S`` in
+    Redis time. Expired index entries are pruned on the way."""
+    now = await server_time(redis)
     await redis.zremrangebyscore(keys.workers, "-inf", now - WORKER_TTL_S)
-    ids = [i.decode() for i in await redis.zrange(keys.workers, 0, -1)]
-    result = []
+    ids = [i.decode() for i in await redis.zrangebyscore(keys.workers, now - WORKER_LIVE_S, "+inf")]
+    pipe = redis.pipeline(transaction=False)
     for wid in ids:
-        raw = await redis.hgetall(keys.worker(wid))
+        pipe.hgetall(keys.worker(wid))
+    result = []
+    for wid, raw in zip(ids, await pipe.execute() if ids else [], strict=True):
         if not raw:
             continue
         beat_ = Heartbeat.parse(raw)
+        if now - beat_.at > WORKER_LIVE_S:
+            continue
         result.append(
             WorkerInfo(
                 id=wid,
@@ -137,6 +162,7 @@ async def workers(redis: Redis, keys: Keys) -> list[WorkerInfo]:
                 models=beat_.models,
                 version=beat_.version,
                 heartbeat_age=round(now - beat_.at, 3),
+                draining=beat_.draining,
             )
         )
     return result
@@ -155,16 +181,56 @@ async def served_models(redis: Redis, keys: Keys) -> set[str]:
     return {m for w in await workers(redis, keys) for m in w.models}
 
 
-async def queued(redis: Redis, keys: Keys, model_id: str) -> int:
-    """Sessions enqueued for ``model_id`` that no worker has read yet (the group's lag)."""
+async def ensure_queue(redis: Redis, keys: Keys, model_id: str) -> None:
+    """Create a model's sessions stream and its consumer group if missing: Redis may have
+    lost them, and KEDA's trigger and the gateway's queue count need the group even
+    while no worker has started."""
     try:
-        groups = await redis.xinfo_groups(keys.sessions(model_id))
-    except ResponseError:  # no such stream yet
-        return 0
-    for group in groups:
-        if group["name"] in (GROUP, GROUP.encode()):
-            return int(group.get("lag") or 0)
-    return 0
+        await redis.xgroup_create(keys.sessions(model_id), GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+#: Waiting sessions are counted among this many stream entries at most.
+MAX_QUEUE_SCAN = 10_000
+
+# Count the entries after the group's last-delivered id (those no worker has read), and
+# when the group's lag disagrees, set its entries-read counter so that it agrees: KEDA's
+# lagCount trigger reads the lag. Atomic, so no read by a worker can slip in between.
+_QUEUED = """
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if info['name'] == ARGV[1] then
+    local last = info['last-delivered-id']
+    local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])
+    local waiting = #entries
+    if info['lag'] ~= waiting and waiting < tonumber(ARGV[2]) then
+      local stream = redis.call('XINFO', 'STREAM', KEYS[1])
+      local added = 0
+      for i = 1, #stream, 2 do
+        if stream[i] == 'entries-added' then added = stream[i + 1] end
+      end
+      if added >= waiting then
+        redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', added - waiting)
+      end
+    end
+    return waiting
+  end
+end
+return 0
+"""
+
+
+async def queued(redis: Redis, keys: Keys, model_id: str) -> int:
+    """Sessions enqueued for ``model_id`` that no worker has read yet, counted exactly
+    (up to :data:`MAX_QUEUE_SCAN`); repairs the consumer group's ``lag`` on the way.
+
+    Entries of sessions that gave up waiting count until a worker skips them."""
+    return int(await redis.eval(_QUEUED, 1, keys.sessions(model_id), GROUP, MAX_QUEUE_SCAN))
 
 
 async def free_slots(redis: Redis, keys: Keys, model_id: str) -> int:
@@ -173,13 +239,23 @@ async def free_slots(redis: Redis, keys: Keys, model_id: str) -> int:
     return free - await queued(redis, keys, model_id)
 
 
-async def sessions(redis: Redis, keys: Keys) -> list[SessionInfo]:
+#: ``ksc status`` and ``/status`` list at most this many sessions (the oldest first);
+#: ``sessions_total`` in their document counts all of them.
+MAX_SESSIONS_LISTED = 200
+
+
+async def sessions(redis: Redis, keys: Keys, limit: int = MAX_SESSIONS_LISTED) -> list[SessionInfo]:
+    """Live sessions, the oldest first, at most ``limit``, in two round trips. A record
+    that vanished or lost its fields (Redis restarted without its data) leaves the
+    index on the way."""
     now = time.time()
+    sids = [raw.decode() for raw in await redis.zrange(keys.live, 0, max(0, limit) - 1)]
+    pipe = redis.pipeline(transaction=False)
+    for sid in sids:
+        pipe.hgetall(keys.meta(sid))
     result = []
-    for raw_sid in await redis.zrange(keys.live, 0, -1):
-        sid = raw_sid.decode()
-        meta = await redis.hgetall(keys.meta(sid))
-        if not meta:
+    for sid, meta in zip(sids, await pipe.execute() if sids else [], strict=True):
+        if not meta.get(b"state") or not meta.get(b"created"):
             await redis.zrem(keys.live, sid)
             continue
         result.append(
@@ -191,7 +267,7 @@ async def sessions(redis: Redis, keys: Keys) -> list[SessionInfo]:
                 audio_seconds=round(
                     int(_s(meta, "audio_bytes", "0")) / 2 / int(_s(meta, "sample_rate", "16000")), 2
                 ),
-                age=round(now - float(_s(meta, "created", "0") or 0), 1),
+                age=round(now - float(_s(meta, "created")), 1),
                 takeovers=int(_s(meta, "takeovers", "0")),
             )
         )
@@ -203,9 +279,11 @@ async def requests_processed(redis: Redis, keys: Keys) -> int:
 
 
 async def snapshot(redis: Redis, keys: Keys) -> dict[str, Any]:
-    """The ``ksc status --json`` shape: ``{"workers": [...], "sessions": [...]}``."""
+    """The ``ksc status --json`` shape: ``{"workers": [...], "sessions": [...],
+    "sessions_total": N, "requests_processed": N}``."""
     return {
         "workers": [asdict(w) for w in await workers(redis, keys)],
         "sessions": [asdict(s) for s in await sessions(redis, keys)],
+        "sessions_total": int(await redis.zcard(keys.live)),
         "requests_processed": await requests_processed(redis, keys),
     }

@@ -7,9 +7,11 @@ cannot both win. Every script touches the keys of one session only (one hash slo
 all of this works unchanged in Redis Cluster.
 
 Leases: the owner of a ``decoding`` session renews ``lease_until`` (Redis server time, ms)
-every heartbeat. Another worker may take the session over only once the lease has run
-out; it then resumes from the replay point the owner saved with its last final (its
-fields are defined by ``decoder_worker.replay.ReplayPoint``; this module stores them).
+every heartbeat, and with it the TTL of the session's keys, so a session lasts as long
+as it is decoded (the record of a session nobody renews any more expires). Another
+worker may take the session over only once the lease has run out; it then resumes from
+the replay point the owner saved with its last final (its fields are defined by
+``decoder_worker.replay.ReplayPoint``; this module stores them).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ return state or 'missing'
 """
 
 # Extend the lease if we still own the session; release it (lease_until 0) on request.
+# Either way the session's keys live another SESSION_TTL_S: a session may last hours.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -113,6 +116,7 @@ if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 local until_ = '0'
 if tonumber(ARGV[2]) > 0 then until_ = string.format('%.0f', now + tonumber(ARGV[2])) end
 redis.call('HSET', KEYS[1], 'lease_until', until_)
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
 """
 
@@ -131,8 +135,12 @@ async def claim(redis: Redis, keys: Keys, sid: str, worker_id: str, lease: float
 
 
 async def renew(redis: Redis, keys: Keys, sid: str, worker_id: str, lease: float) -> bool:
-    """Extend our lease on ``sid`` (``lease`` 0 releases it); False if we lost it."""
-    return bool(await redis.eval(_RENEW, 1, keys.meta(sid), worker_id, int(lease * 1000)))
+    """Extend our lease on ``sid`` (``lease`` 0 releases it) and the life of its keys;
+    False if we lost it."""
+    session_keys = (keys.meta(sid), keys.audio(sid), keys.results(sid))
+    return bool(
+        await redis.eval(_RENEW, 3, *session_keys, worker_id, int(lease * 1000), SESSION_TTL_S)
+    )
 
 
 async def cancel(redis: Redis, keys: Keys, sid: str) -> bool:

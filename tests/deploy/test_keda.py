@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from shared import cluster
+from shared.keys import GROUP, Keys
 from tests.deploy.conftest import CHART, validate_keda
 
 # Metadata keys KEDA's redis-streams scalers read (keda.sh docs, redis_streams_scaler.go).
@@ -199,3 +201,28 @@ async def test_lag_of_a_missing_group_is_the_stream_length(redis) -> None:  # ty
     await redis.xadd("ksc:sessions:ko", {"sid": "b"})
     assert await keda_lag(redis, "ksc:sessions:ko", "decoders") == 2
     assert await keda_lag(redis, "ksc:sessions:none", "decoders") == 0
+
+
+async def test_a_wrong_lag_cannot_fool_the_trigger_for_long(redis, helm_template) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12: after AOF reloads XINFO said lag 88 while nothing waited. KEDA reads
+    that lag; the gateway recounts the queue (on every admission and every few seconds,
+    ``cluster.queued``) and sets the group's counter right, so KEDA reads the truth."""
+    (so,) = scaled_objects(helm_template())
+    trigger = {t["name"]: t["metadata"] for t in so["spec"]["triggers"]}["waiting"]
+    stream, group = trigger["stream"], trigger["consumerGroup"]
+    keys = Keys("ksc")
+    assert stream == keys.sessions("ko") and group == GROUP
+    await cluster.ensure_queue(redis, keys, "ko")
+    for i in range(6):
+        await redis.xadd(stream, {"sid": f"s{i}", "model": "ko", "created": "0"})
+    await redis.xreadgroup(group, "worker-a", {stream: ">"}, count=4)  # 4 decoding, 2 waiting
+    (info,) = await redis.xinfo_groups(stream)
+    last = info["last-delivered-id"]
+    await redis.execute_command("XGROUP", "SETID", stream, group, last, "ENTRIESREAD", 0)
+    assert await keda_lag(redis, stream, group) == 6, "fooled, as Redis's estimate can be"
+    assert await cluster.queued(redis, keys, "ko") == 2
+    assert await keda_lag(redis, stream, group) == 2
+    metrics = {"waiting": 2, "decoding": await keda_pending(redis, stream, group)}
+    per_pod = int(so["spec"]["advanced"]["scalingModifiers"]["target"])
+    lo, hi = so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]
+    assert keda_replicas(so, metrics, current=1) == documented_rule(2, 4, per_pod, lo, hi)
