@@ -21,14 +21,13 @@ from shared.config import (
     UpSettings,
     WorkerSettings,
 )
+from shared.logs import OneLineFormatter
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def _need_worker_extra() -> None:
@@ -112,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ksc import status
 
     settings = config.build(CommonSettings, args, os.environ)
-    return status.show(settings, url=args.url, as_json=args.json)
+    return status.show(settings, url=args.url, as_json=args.json, api_key=args.api_key)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -155,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show workers, live sessions and batch jobs")
     config.add_arguments(p, CommonSettings)
     p.add_argument("--url", help="ask a gateway (http://HOST:PORT) instead of Redis")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("KSC_API_KEY", ""),
+        help="API key or token for a gateway with authentication on [env KSC_API_KEY]",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
 

@@ -35,34 +35,41 @@ class LocalRedis:
     def url(self) -> str:
         return f"{self.base_url}/0"
 
-    def start(self) -> None:
+    def argv(self) -> list[str]:
+        """The command line of this redis-server."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit(
                 "redis-server not found: run `make setup` (or apt-get install redis-server)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes" if self.persistent else "no",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
+        return [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+
+    def start(self) -> None:
+        # Its own session: a Ctrl-C in the terminal reaches the processes that use Redis,
+        # and they still have it while they stop (a worker removes its heartbeat).
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, start_new_session=True)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until it answers PING (after an AOF reload, too); SystemExit if not."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with (
                 suppress(OSError),

@@ -22,13 +22,28 @@ from shared.keys import Keys
 from shared.redis_client import RedisURLError
 
 
-def show(settings: CommonSettings, *, url: str | None, as_json: bool) -> int:
-    """Print the cluster's state (from ``url``'s ``/status`` if given, else Redis)."""
-    if url:
-        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as resp:
-            snap = json.load(resp)
-    else:
-        snap = _from_redis(settings)
+def show(
+    settings: CommonSettings, *, url: str | None, as_json: bool, api_key: str = ""
+) -> int:
+    """Print the cluster's state (from ``url``'s ``/status`` if given, else Redis);
+    ``api_key`` for a gateway that requires one."""
+    try:
+        if url:
+            headers = {"X-API-Key": api_key} if api_key else {}
+            request = urllib.request.Request(url.rstrip("/") + "/status", headers=headers)
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                snap = json.load(resp)
+        else:
+            snap = _from_redis(settings)
+    except (OSError, RedisError, RedisURLError) as exc:
+        where = url or _without_password(settings.redis_url)
+        print(
+            f"ksc status: cannot read the cluster from {where}: {exc}\n"
+            "Is it running? `ksc up` prints its Redis URL (`redis …`): pass it with "
+            "--redis-url, or ask a gateway with --url http://HOST:8888",
+            file=sys.stderr,
+        )
+        return 1
     if as_json:
         print(json.dumps(snap, indent=2, ensure_ascii=False))
         return 0
@@ -45,7 +60,9 @@ def show(settings: CommonSettings, *, url: str | None, as_json: bool) -> int:
         for w in snap["workers"]
     ]
     _table(rows)
-    print(f"\nlive sessions: {len(snap['sessions'])}")
+    live = snap.get("sessions_total", len(snap["sessions"]))
+    shown = "" if live == len(snap["sessions"]) else f" (the oldest {len(snap['sessions'])} shown)"
+    print(f"\nlive sessions: {live}{shown}")
     rows = [("ID", "MODEL", "STATE", "OWNER", "AUDIO S", "AGE S", "TAKEN OVER")]
     rows += [
         (
@@ -76,6 +93,16 @@ def show(settings: CommonSettings, *, url: str | None, as_json: bool) -> int:
         f"  HGETALL rq:job:JOB_ID                   # a batch job (JSON fields)"
     )
     return 0
+
+
+def _without_password(url: str) -> str:
+    """A Redis URL fit to print: ``redis://:secret@host`` -> ``redis://:***@host``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def _from_redis(settings: CommonSettings) -> dict[str, Any]:

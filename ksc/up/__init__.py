@@ -43,9 +43,11 @@ def run(settings: UpSettings) -> int:
     redis = None if settings.redis_url else LocalRedis(cache / "redis")
     if redis is not None:
         redis.start()
+        _forget_workers(redis.url, settings.prefix)
     redis_url = settings.redis_url or (redis.url if redis else "")
     metrics_ports = [free_port() for _ in assigned]
-    supervisor = Supervisor(_processes(settings, redis_url, models, assigned, metrics_ports))
+    processes = _processes(settings, redis_url, models, assigned, metrics_ports)
+    supervisor = Supervisor(processes, redis)
     supervisor.install_signal_handlers()
     http = f"http://{_local(settings.host)}:{settings.port}"
     total_slots = sum(spec.slots(settings.slots) for spec in assigned)
@@ -66,8 +68,6 @@ def run(settings: UpSettings) -> int:
     finally:
         print("stopping …", flush=True)
         supervisor.stop()
-        if redis is not None:
-            redis.stop()
 
 
 def _processes(
@@ -114,6 +114,22 @@ def _processes(
     ]
     # Batch jobs (POST /v1/transcriptions) run on the same decoders; see docs/batch.md.
     return [gateway, *workers, Process("batch-worker", _ksc("batch-worker", *common))]
+
+
+def _forget_workers(url: str, prefix: str) -> None:
+    """Drop the heartbeats a previous run left in our own persisted Redis (a worker
+    killed with -9 leaves its record until it expires): none of those workers runs."""
+    import redis as redis_py
+
+    from shared.keys import Keys
+
+    keys = Keys(prefix)
+    client = redis_py.Redis.from_url(url)
+    try:
+        stale = [keys.worker(w.decode()) for w in client.zrange(keys.workers, 0, -1)]
+        client.delete(keys.workers, *stale)
+    finally:
+        client.close()
 
 
 def _local(host: str) -> str:

@@ -45,3 +45,14 @@ def test_waiting_ends_when_told_to_stop() -> None:
     supervisor = Supervisor([])
     supervisor.stopping = True
     assert supervisor.wait_until(lambda: True) is False
+
+
+def test_stop_waits_longer_than_the_children_drain() -> None:
+    """A Ctrl-C must not kill a gateway that is still draining: its clients would get a
+    dropped socket (1006) instead of their finals or a 1012 (found by the soak)."""
+    from gateway.app import _CLOSE_GRACE_S
+    from ksc.up.supervisor import STOP_GRACE_S
+    from shared.config import GatewaySettings, WorkerSettings
+
+    assert STOP_GRACE_S > GatewaySettings().drain_timeout + _CLOSE_GRACE_S
+    assert STOP_GRACE_S > WorkerSettings().drain_timeout
