@@ -12,17 +12,27 @@ media type, from the bytes themselves (:mod:`gateway.formats`). Two paths:
   FFmpeg on a thread per session (:mod:`gateway.containers`) as the bytes arrive.
 
 Resampling and down-mixing use FFmpeg's libswresample through PyAV on both paths.
+
+**Bounds.** What comes out is bounded however far the input expands (raw U8 at 1 kHz
+grows 32-fold, a FLAC of silence a thousand-fold): the session feeds a piece of input
+(:meth:`AudioInput.feed`), then reads its PCM (:meth:`AudioInput.read`) about
+:data:`PIECE_BYTES` at a time, writing each before the next is made. And the audio a
+session may get out of its bytes is bounded: at most :data:`EXPANSION_GRACE_S` seconds
+plus one second per :data:`MIN_BYTES_PER_SECOND` bytes received (4 kbit/s, below any
+codec's speech bitrate; raw PCM is at least 8 kbit/s). More is a decompression bomb:
+:class:`~shared.protocol.BadRequest`, status 5.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import av
 import numpy as np
 
-from gateway.containers import ContainerDecoder
+from gateway.containers import PIECE_BYTES, ContainerDecoder
 from gateway.formats import SNIFF_BYTES, WAV, parse_wav, sniff
 from shared.protocol import BadRequest, UnsupportedAudio
 
@@ -37,6 +47,10 @@ _FORMATS = {
 }
 _RAW_TYPES = ("audio/x-raw", "audio/x-raw-int", "audio/x-raw-float")
 _DTYPES = {"s16": np.int16, "s32": np.int32, "flt": np.float32, "dbl": np.float64, "u8": np.uint8}
+#: Audio any session may get out of its first bytes (headers, a FLAC's digital silence).
+EXPANSION_GRACE_S = 60.0
+#: Beyond the grace, each second of audio needs this many bytes of input: 4 kbit/s.
+MIN_BYTES_PER_SECOND = 500
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ class Normaliser:
 
     def __init__(self, fmt: RawFormat, out_rate: int) -> None:
         self.fmt = fmt
+        self.out_rate = out_rate
         self._carry = b""
         self._passthrough = fmt == RawFormat(rate=out_rate, format="S16LE", channels=1)
         self._av_format = _FORMATS[fmt.format][0]
@@ -158,26 +173,50 @@ class Normaliser:
 
 
 class _Stage(Protocol):
-    async def push(self, data: bytes) -> bytes: ...
-    async def flush(self) -> bytes: ...
+    def feed(self, data: bytes) -> None: ...
+    def end(self) -> None: ...
+    async def read(self) -> bytes: ...
     async def aclose(self) -> None: ...
 
 
 class _PcmStage:
-    """PCM on the event loop: at most ``limit`` bytes of it (a WAV data chunk)."""
+    """PCM on the event loop: at most ``limit`` bytes of it (a WAV data chunk),
+    converted a slice at a time so that each :meth:`read` gives about ``piece_bytes``."""
 
-    def __init__(self, normaliser: Normaliser, limit: int | None = None) -> None:
+    def __init__(
+        self, normaliser: Normaliser, limit: int | None = None, *, piece_bytes: int = PIECE_BYTES
+    ) -> None:
         self._normaliser = normaliser
         self._remaining = limit
+        self._input: deque[memoryview] = deque()
+        self._ended = False
+        fmt = normaliser.fmt
+        out_per_frame = 2 * normaliser.out_rate / fmt.rate  # output bytes per input frame
+        self._slice = max(1, int(piece_bytes / out_per_frame)) * fmt.frame_bytes
 
-    async def push(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> None:
         if self._remaining is not None:
             data = data[: self._remaining]
             self._remaining -= len(data)
-        return self._normaliser.push(data)
+        if data:
+            self._input.append(memoryview(data))
 
-    async def flush(self) -> bytes:
-        return self._normaliser.flush()
+    def end(self) -> None:
+        self._ended = True
+
+    async def read(self) -> bytes:
+        while self._input:
+            data = self._input.popleft()
+            if len(data) > self._slice:
+                self._input.appendleft(data[self._slice :])  # a view: no copy of the rest
+                data = data[: self._slice]
+            out = self._normaliser.push(bytes(data))
+            if out:
+                return out
+        if self._ended:
+            self._ended = False  # flushed once
+            return self._normaliser.flush()
+        return b""
 
     async def aclose(self) -> None:
         pass
@@ -186,49 +225,94 @@ class _PcmStage:
 class AudioInput:
     """One session's input: format detection (if needed), then decoding and normalisation.
 
-    ``push`` and ``flush`` are coroutines because containers decode on a thread;
-    on the PCM path they return without suspending. ``aclose`` must be called when the
-    session ends, however it ends (it stops a decoder thread; idempotent).
+    :meth:`feed` input, :meth:`end` it at ``EOS``, and :meth:`read` the PCM until it
+    answers ``b""``: each read gives at most about :data:`PIECE_BYTES`, so a piece of
+    input that expands far never sits in memory whole. ``read`` is a coroutine because
+    containers decode on a thread; on the PCM path it returns without suspending.
+    :meth:`push` and :meth:`flush` do both steps and join the PCM (small inputs, tests).
+    ``aclose`` must be called when the session ends, however it ends (it stops a
+    decoder thread; idempotent).
     """
 
-    def __init__(self, caps: str, out_rate: int, *, label: str = "") -> None:
+    def __init__(
+        self, caps: str, out_rate: int, *, label: str = "", piece_bytes: int = PIECE_BYTES
+    ) -> None:
         self.out_rate = out_rate
         self.label = label
+        self.piece_bytes = piece_bytes
         fmt = parse_caps(caps)
         #: what the input turned out to be: ``raw``, ``wav``, ``ogg``… (``None`` until known)
         self.kind: str | None = "raw" if fmt is not None else None
+        #: bytes received, and samples of audio made of them
+        self.received = 0
+        self.produced = 0
         self._head = b""
         self._stage: _Stage | None = None
         if fmt is not None:
-            self._stage = _PcmStage(Normaliser(fmt, out_rate))
+            self._stage = _PcmStage(Normaliser(fmt, out_rate), piece_bytes=piece_bytes)
 
     @property
     def threaded(self) -> bool:
         """Whether a decoder thread serves this input."""
         return isinstance(self._stage, ContainerDecoder)
 
-    async def push(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> None:
+        """Take a piece of input; its PCM comes out of :meth:`read`."""
+        self.received += len(data)
         if self._stage is None:
             data = self._detect(data, final=False)
             if self._stage is None:
-                return b""
-        return await self._stage.push(data)
+                return
+        self._stage.feed(data)
 
-    async def flush(self) -> bytes:
+    def end(self) -> None:
+        """The input is complete (``EOS``): :meth:`read` gives what is left."""
         if self._stage is None:
             if not self._head:
-                return b""  # no audio at all
+                return  # no audio at all
             data = self._detect(b"", final=True)
             if self._stage is None:
                 kind = (self.kind or "audio").upper()
                 raise UnsupportedAudio(f"Audio ended inside the {kind} header")
-            out = await self._stage.push(data)
-            return out + await self._stage.flush()
-        return await self._stage.flush()
+            self._stage.feed(data)
+        self._stage.end()
+
+    async def read(self) -> bytes:
+        """The next PCM (s16le mono at ``out_rate``), ``b""`` when all input so far is
+        converted. Raises :class:`BadRequest` when the input expands beyond the bound."""
+        if self._stage is None:
+            return b""
+        pcm = await self._stage.read()
+        self.produced += len(pcm) // 2
+        seconds = self.produced / self.out_rate
+        allowed = EXPANSION_GRACE_S + self.received / MIN_BYTES_PER_SECOND
+        if seconds > allowed:
+            raise BadRequest(
+                f"Audio expands beyond {EXPANSION_GRACE_S:g} s plus 1 s per "
+                f"{MIN_BYTES_PER_SECOND} bytes: {seconds:.0f} s of audio from "
+                f"{self.received} bytes"
+            )
+        return pcm
+
+    async def push(self, data: bytes) -> bytes:
+        """:meth:`feed`, then every :meth:`read`, joined."""
+        self.feed(data)
+        return await self._read_all()
+
+    async def flush(self) -> bytes:
+        """:meth:`end`, then every :meth:`read`, joined."""
+        self.end()
+        return await self._read_all()
 
     async def aclose(self) -> None:
         if self._stage is not None:
             await self._stage.aclose()
+
+    async def _read_all(self) -> bytes:
+        out = []
+        while pcm := await self.read():
+            out.append(pcm)
+        return b"".join(out)
 
     def _detect(self, data: bytes, *, final: bool) -> bytes:
         """Buffer until the format is known; set up the stage; return its first input."""
@@ -245,8 +329,12 @@ class AudioInput:
             if wav.sample_format is not None:
                 self._head = b""
                 fmt = RawFormat(rate=wav.rate, format=wav.sample_format, channels=wav.channels)
-                self._stage = _PcmStage(Normaliser(fmt, self.out_rate), wav.data_bytes)
+                self._stage = _PcmStage(
+                    Normaliser(fmt, self.out_rate), wav.data_bytes, piece_bytes=self.piece_bytes
+                )
                 return buf[wav.data_offset :]
         self._head = b""
-        self._stage = ContainerDecoder(kind, self.out_rate, label=self.label)
+        self._stage = ContainerDecoder(
+            kind, self.out_rate, label=self.label, piece_bytes=self.piece_bytes
+        )
         return buf

@@ -9,6 +9,9 @@ It decides what a client is sent for each worker event and when the socket close
 Finals are numbered by the worker; the core sends each segment number once, in order,
 and drops partials of segments already final, so a replayed or duplicated event never
 reaches the client twice.
+
+:class:`IdleClock` is the idle timeout's pure part: how long a client has sent too
+little audio to count, in wall time.
 """
 
 from __future__ import annotations
@@ -137,3 +140,56 @@ class SessionCore:
 
 
 _CODES = {int(s) for s in Status}
+
+
+#: Audio (seconds of it, once normalised) a client must send for the idle timeout to
+#: start again: two frames of a client streaming quarter seconds, a short word. A
+#: trickle of smaller pieces, however often, leaves the timeout running.
+MIN_ACTIVE_AUDIO_S = 0.5
+
+
+class IdleClock:
+    """How long a client has gone without sending :data:`MIN_ACTIVE_AUDIO_S` of audio.
+
+    Wall time since the audio received reached the threshold last, not since the
+    client last sent a byte: one byte every 59 s does not hold a decoder slot for the
+    session's whole maximum duration. Time the gateway spends handling a piece
+    (writing it, waiting for room in the backlog) is the gateway's, not the client's,
+    and does not count. Times are the caller's (``time.monotonic()``), so this is pure.
+    """
+
+    def __init__(self, now: float, threshold_samples: int) -> None:
+        self.threshold = max(1, threshold_samples)
+        #: when the timeout last started again
+        self.since = now
+        #: samples and bytes received since then
+        self.samples = 0
+        self.received = 0
+        self._busy_since: float | None = None
+        self._restarted = False
+
+    def busy(self, now: float) -> None:
+        """The gateway handles a piece from the client: the clock stops."""
+        self._busy_since = now
+        self._restarted = False
+
+    def heard(self, data_bytes: int, samples: int, now: float) -> None:
+        """``data_bytes`` received, making ``samples`` of audio (possibly none yet)."""
+        self.received += data_bytes
+        self.samples += samples
+        if self.samples >= self.threshold:
+            self.since, self.samples, self.received = now, 0, 0
+            self._restarted = True
+
+    def ready(self, now: float) -> None:
+        """The gateway waits for the client again: the clock goes on."""
+        if self._busy_since is not None:
+            if self._restarted:
+                self.since = now
+            else:
+                self.since += now - self._busy_since
+        self._busy_since = None
+
+    def idle(self, now: float) -> float:
+        """Seconds of the client's without enough audio (0 while the gateway is busy)."""
+        return 0.0 if self._busy_since is not None else now - self.since

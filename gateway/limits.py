@@ -8,10 +8,16 @@ gateway that dies leaves its members behind only until they expire (:data:`LEASE
 so a crash never locks a key out for longer than that.
 
 **Audio seconds per period**: a counter per key name and fixed window
-(``floor(time / period)``), incremented as audio goes onto the stream and expiring
-with its window. A session is refused at the start when the window's budget is used up
-and ended (same status) when it runs out mid-session. Windows follow the gateways'
-clocks, which NTP keeps within far less than a period.
+(``floor(time / period)``), expiring with its window. Audio is charged *before* it
+goes onto the stream (:meth:`KeyLimits.charge`, one script: what is left of the
+budget is granted and counted, never more), so a huge piece of audio is refused, not
+written and counted afterwards. A session is refused at the start when the window's
+budget is used up and ended (same status) when it runs out mid-session. Windows follow
+the gateways' clocks, which NTP keeps within far less than a period.
+
+A transport may take a session's place before the session starts (the vosk dialect
+does at connect, :meth:`KeyLimits.holding`): the runner's own :meth:`KeyLimits.acquire`
+with the same session id then finds the place already its own.
 
 Both refusals raise :class:`~shared.protocol.LimitExceeded`: status 6 on a websocket,
 HTTP 429 with ``Retry-After`` on HTTP.
@@ -19,14 +25,22 @@ HTTP 429 with ``Retry-After`` on HTTP.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from gateway.auth import Principal
+from gateway.auth import PRINCIPAL, Principal
 from shared.keys import Keys
 from shared.protocol import LimitExceeded
+from shared.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
 
 #: A session's place in its key's concurrency set lasts this long without a refresh.
 LEASE_S = 30.0
@@ -49,6 +63,30 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
+
+# KEYS[1] the window's audio counter; ARGV: seconds wanted, budget, ttl s. Grants what
+# is left of the budget, at most what is wanted; returns the seconds granted (a string:
+# a Lua number would come back truncated to an integer).
+_CHARGE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used)
+if grant <= 0 then
+  return '0'
+end
+redis.call('INCRBYFLOAT', KEYS[1], tostring(grant))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return tostring(grant)
+"""
+
+
+def for_request(redis: Redis, keys: Keys, period: int) -> KeyLimits | None:
+    """The limits of the request's principal (:data:`~gateway.auth.PRINCIPAL`), or
+    ``None`` when authentication is off or the principal has no limits."""
+    principal = PRINCIPAL.get()
+    if principal is None:
+        return None
+    limits = KeyLimits(redis, keys, principal, period)
+    return limits if limits.active else None
 
 
 class KeyLimits:
@@ -74,14 +112,10 @@ class KeyLimits:
         """Take a session place and check the audio budget; raise when refused."""
         p = self.principal
         if p.audio_seconds > 0:
-            window, left = self._window()
+            window, _ = self._window()
             used = float(await self.redis.get(self.keys.key_audio(p.name, window)) or 0)
             if used >= p.audio_seconds:
-                raise LimitExceeded(
-                    f"Limit exceeded: {p.name!r} used its {p.audio_seconds:g} audio seconds "
-                    f"for this period",
-                    left,
-                )
+                raise self.exceeded()
         if p.max_sessions > 0:
             admitted = await self.redis.eval(
                 _ACQUIRE,
@@ -113,20 +147,54 @@ class KeyLimits:
         if self.principal.max_sessions > 0:
             await self.redis.zrem(self.keys.key_sessions(self.principal.name), sid)
 
-    async def account(self, seconds: float) -> None:
-        """Count audio against the period's budget; raise once it is used up."""
+    @asynccontextmanager
+    async def holding(self, sid: str) -> AsyncIterator[None]:
+        """Take ``sid``'s place (:meth:`acquire`) and keep it fresh inside the block.
+
+        Leaving the block stops the refreshing but keeps the place: the session that
+        follows takes it over with :meth:`acquire`; whoever holds ``sid`` must
+        :meth:`release` it in the end.
+        """
+        await self.acquire(sid)
+        keeper = asyncio.create_task(self._keep(sid))
+        try:
+            yield
+        finally:
+            await stop_tasks(keeper)
+
+    async def _keep(self, sid: str) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.refresh(sid)
+            except (RedisError, OSError) as exc:
+                log.warning("key limit refresh: %s", exc)
+
+    async def charge(self, seconds: float) -> float:
+        """Count up to ``seconds`` of audio against the period's budget before it is
+        written; returns the seconds granted (all of them without a budget). Less than
+        asked means the budget is used up: write what was granted, then end the
+        session with :meth:`exceeded`."""
         p = self.principal
         if p.audio_seconds <= 0 or seconds <= 0:
-            return
-        window, left = self._window()
-        key = self.keys.key_audio(p.name, window)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incrbyfloat(key, seconds)
-        pipe.expire(key, 2 * self.period)
-        used, _ = await pipe.execute()
-        if float(used) > p.audio_seconds:
-            raise LimitExceeded(
-                f"Limit exceeded: {p.name!r} used its {p.audio_seconds:g} audio seconds "
-                f"for this period",
-                left,
-            )
+            return seconds
+        window, _ = self._window()
+        granted = await self.redis.eval(
+            _CHARGE,
+            1,
+            self.keys.key_audio(p.name, window),
+            repr(seconds),
+            repr(float(p.audio_seconds)),
+            2 * self.period,
+        )
+        return float(granted)
+
+    def exceeded(self) -> LimitExceeded:
+        """The error that ends a session whose audio budget ran out."""
+        p = self.principal
+        _, left = self._window()
+        return LimitExceeded(
+            f"Limit exceeded: {p.name!r} used its {p.audio_seconds:g} audio seconds "
+            f"for this period",
+            left,
+        )

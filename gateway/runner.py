@@ -13,6 +13,12 @@ The runner does the rest: admission, normalisation, the audio stream, and worker
 events through :class:`~gateway.core.SessionCore`. Two tasks per session:
 ``_pump_audio`` reads the source, normalises and appends to the session's audio
 stream; ``_pump_events`` turns worker events into client messages.
+
+One piece from the source is one bounded step, however far it expands: its PCM comes
+out of :class:`~gateway.audio.AudioInput` a piece at a time, and each group of chunks
+waits for room in the backlog (``max_backlog_seconds``) and is charged to the key's
+audio budget before it is written. Whatever ends the session early on the gateway's
+side, the worker is told (``Abort``) so that its slot frees at once.
 """
 
 from __future__ import annotations
@@ -33,11 +39,11 @@ from redis.exceptions import RedisError
 from gateway.admission import admit, choose_model
 from gateway.appender import Command
 from gateway.audio import AudioInput
-from gateway.auth import PRINCIPAL
-from gateway.core import Outcome, Phase, SessionCore
+from gateway.core import MIN_ACTIVE_AUDIO_S, IdleClock, Outcome, Phase, SessionCore
 from gateway.hub import EventQueue
-from gateway.limits import REFRESH_S, KeyLimits
+from gateway.limits import REFRESH_S, KeyLimits, for_request
 from gateway.state import Gateway
+from shared.keys import SESSION_TTL_S
 from shared.logs import SessionLog
 from shared.protocol import (
     Aborted,
@@ -78,6 +84,8 @@ _REJECT_REASONS: dict[type[SessionError], str] = {
 WATCH_INTERVAL_S = 0.5
 #: Queue-position messages are sent on change, at most this often.
 QUEUE_REPORT_INTERVAL_S = 1.0
+#: An appending session renews its keys' TTL at most this often.
+_TTL_RENEW_S = 60.0
 
 
 class Mark(Enum):
@@ -132,14 +140,15 @@ class SessionRunner:
         self.socket = socket
         self._audio_at = 0.0  # when audio last went onto the stream (partial latency)
         self._eos_at = 0.0  # when EOS did (final latency)
+        self._ttl_renewed = -_TTL_RENEW_S  # when our appends last renewed the keys' TTL
         # Backpressure and timeouts (see _watch): samples put on the stream, samples
-        # the decoder reported taking, and since when we wait for the client (None
-        # while a piece is being handled).
+        # the decoder reported taking, and how long the client has sent too little.
         self._rate = 16000
         self._appended = 0
         self._decoded = 0
         self._progressed = asyncio.Event()
-        self._reading_since: float | None = None
+        self._idle: IdleClock | None = None
+        self._pending = b""  # normalised audio short of a chunk
         self.limits: KeyLimits | None = None
 
     @property
@@ -208,13 +217,11 @@ class SessionRunner:
         events = await self.gw.hub.subscribe(self.sid)
         keepalive: asyncio.Task[None] | None = None
         try:
-            principal = PRINCIPAL.get()
-            if principal is not None:
-                limits = KeyLimits(self.redis, self.keys, principal, settings.key_audio_period)
-                if limits.active:
-                    await limits.acquire(self.sid)
-                    self.limits = limits
-                    keepalive = asyncio.create_task(self._keep_place(limits))
+            limits = for_request(self.redis, self.keys, settings.key_audio_period)
+            if limits is not None:
+                await limits.acquire(self.sid)
+                self.limits = limits
+                keepalive = asyncio.create_task(self._keep_place(limits))
             queued = time.monotonic()
             claimed = await admit(
                 self.redis,
@@ -276,10 +283,19 @@ class SessionRunner:
                 self._audio_at = time.monotonic()
         if audio_bytes:
             commands.append(("hincrby", (self.keys.meta(self.sid), "audio_bytes", audio_bytes)))
+        # A session may last hours: what we write keeps living (and a record that Redis
+        # lost, recreated by the counter above, expires instead of lingering forever).
+        now = time.monotonic()
+        if now - self._ttl_renewed >= _TTL_RENEW_S:
+            self._ttl_renewed = now
+            for key in (self.keys.audio(self.sid), self.keys.meta(self.sid)):
+                commands.append(("expire", (key, SESSION_TTL_S)))
         await self.gw.appender.run(commands)
         self._appended += audio_bytes // 2
-        if self.limits is not None and audio_bytes:
-            await self.limits.account(audio_bytes / 2 / self._rate)
+
+    async def _abort(self, reason: str) -> None:
+        """Tell the worker the session is over, so that its slot frees at once."""
+        await self._append(Abort(reason))
 
     async def _pump_audio(self, audio: AudioInput, rate: int) -> bool:
         """Source pieces -> normalised chunks on the audio stream, until EOS or the end.
@@ -287,40 +303,87 @@ class SessionRunner:
         Returns False when the client went away before ``EOS``.
         """
         chunk = max(2, int(self.gw.settings.chunk_seconds * rate) * 2)
-        pending = b""
+        idle = self._idle = IdleClock(time.monotonic(), int(MIN_ACTIVE_AUDIO_S * rate))
         try:
             async with aclosing(self.source) as source:
-                self._reading_since = time.monotonic()
                 async for item in source:
-                    self._reading_since = None
+                    idle.busy(time.monotonic())
                     if item is EOS:
                         self.core.on_eos()
                         self._eos_at = time.monotonic()
-                        pending += await audio.flush()
-                        tail = [AudioChunk(pending)] if pending else []
-                        pending = b""
-                        await self._append(*tail, EndOfStream())
+                        audio.end()
+                        await self._convert(audio, chunk)
+                        tail, self._pending = self._pending, b""
+                        await self._write([tail] if tail else [], end=True)
                         self.log.info("EOS received")
                         continue
                     assert isinstance(item, bytes)
                     self.core.on_audio()
-                    pending += await audio.push(item)
-                    if len(pending) >= chunk:
-                        cut = len(pending) - len(pending) % chunk
-                        pieces = [pending[i : i + chunk] for i in range(0, cut, chunk)]
-                        pending = pending[cut:]
-                        await self._room()
-                        await self._append(*(AudioChunk(p) for p in pieces))
-                    self._reading_since = time.monotonic()
+                    idle.heard(len(item), 0, time.monotonic())
+                    audio.feed(item)
+                    await self._convert(audio, chunk)
+                    idle.ready(time.monotonic())
         except SessionError as exc:
-            await self._append(Abort(str(exc)))
+            await self._abort(str(exc))
+            raise
+        except Exception:
+            # Not the client's doing: the session ends all the same, and so must the
+            # worker's side of it (the slot), before the error is reported.
+            with suppress(RedisError, OSError):
+                await self._abort("gateway error")
             raise
         if self.core.phase is Phase.STREAMING:
             # The client went away before EOS: the worker stops, nobody is told.
             self.log.info("client closed before EOS")
-            await self._append(Abort("client disconnected"))
+            await self._abort("client disconnected")
             return False
         return True
+
+    async def _convert(self, audio: AudioInput, chunk: int) -> None:
+        """Everything ``audio`` makes of its input so far onto the stream, a piece at a
+        time; what is short of a whole chunk waits in ``_pending``."""
+        while pcm := await audio.read():
+            assert self._idle is not None
+            self._idle.heard(0, len(pcm) // 2, time.monotonic())
+            pending = self._pending + pcm
+            cut = len(pending) - len(pending) % chunk
+            self._pending = pending[cut:]
+            if cut:
+                await self._write([pending[i : i + chunk] for i in range(0, cut, chunk)])
+
+    async def _write(self, chunks: list[bytes], *, end: bool = False) -> None:
+        """Put ``chunks`` onto the stream (then ``EndOfStream`` if ``end``): each group
+        only once the backlog has room for it, and charged to the key's audio budget
+        before it is written."""
+        while True:
+            count = await self._room(chunks)
+            group, chunks = chunks[:count], chunks[count:]
+            allowed = await self._charge(group)
+            entries: list[AudioChunk | EndOfStream] = [AudioChunk(c) for c in group[:allowed]]
+            if end and not chunks and allowed == len(group):
+                entries.append(EndOfStream())
+            if entries:
+                await self._append(*entries)
+            if allowed < len(group):
+                assert self.limits is not None
+                raise self.limits.exceeded()
+            if not chunks:
+                return
+
+    async def _charge(self, chunks: list[bytes]) -> int:
+        """How many of ``chunks`` the key's audio budget allows (counted as granted)."""
+        limits = self.limits
+        seconds = sum(len(c) for c in chunks) / 2 / self._rate
+        if limits is None or seconds == 0:
+            return len(chunks)
+        granted = await limits.charge(seconds)
+        allowed, total = 0, 0.0
+        for c in chunks:
+            total += len(c) / 2 / self._rate
+            if total > granted + 1e-6:
+                break
+            allowed += 1
+        return allowed
 
     async def _pump_events(self, events: EventQueue) -> None:
         while True:
@@ -352,13 +415,26 @@ class SessionRunner:
 
     # --- backpressure, timeouts, limits, queue position ------------------------------
 
-    async def _room(self) -> None:
-        """Hold the client back (its socket is not read) while more than
-        ``max_backlog_seconds`` of its audio waits in Redis ahead of the decoder."""
+    async def _room(self, chunks: list[bytes]) -> int:
+        """How many of ``chunks`` may go onto the stream now (at least one, if any).
+
+        Holds the client back (its socket is not read) while ``max_backlog_seconds`` of
+        its audio waits in Redis ahead of the decoder; then allows what fits, so the
+        backlog never passes the bound by more than one chunk, whatever one piece of
+        input expanded to."""
         limit = self.gw.settings.max_backlog_seconds * self._rate
-        while limit > 0 and self._appended - self._decoded > limit:
+        if limit <= 0 or not chunks:
+            return len(chunks)
+        while self._appended - self._decoded >= limit:
             self._progressed.clear()
             await self._progressed.wait()
+        room = limit - (self._appended - self._decoded)
+        count = 1
+        samples = len(chunks[0]) // 2
+        while count < len(chunks) and samples + len(chunks[count]) // 2 <= room:
+            samples += len(chunks[count]) // 2
+            count += 1
+        return count
 
     async def _watch(self) -> None:
         """Raise :class:`TimedOut` or :class:`FellBehind` when the session must end.
@@ -380,14 +456,14 @@ class SessionRunner:
                 raise TimedOut(
                     f"Session exceeded the maximum duration of {settings.max_session_seconds:g} s"
                 )
-            waiting = self._reading_since
+            idle = self._idle
             if (
                 settings.idle_timeout > 0
-                and waiting is not None
+                and idle is not None
                 and self.core.phase is Phase.STREAMING
-                and now - waiting > settings.idle_timeout
+                and idle.idle(now) > settings.idle_timeout
             ):
-                raise TimedOut(f"No data received for {settings.idle_timeout:g} s")
+                raise _idle_error(idle, settings.idle_timeout, self._rate)
             lag = (reference - self._decoded) / self._rate
             if settings.max_decoder_lag > 0 and lag > settings.max_decoder_lag:
                 raise FellBehind(
@@ -416,3 +492,12 @@ class SessionRunner:
         # Only informative: a client gone meanwhile is noticed when its audio is read.
         with suppress(ConnectionError):
             await self.sink.deliver(Outcome([QueuePosition(self.sid, position).serialize()]))
+
+
+def _idle_error(idle: IdleClock, timeout: float, rate: int) -> TimedOut:
+    if idle.received == 0:
+        return TimedOut(f"No data received for {timeout:g} s")
+    return TimedOut(
+        f"Too little audio for {timeout:g} s: {idle.samples / rate:.2f} s received, "
+        f"at least {MIN_ACTIVE_AUDIO_S:g} s keeps a session open"
+    )

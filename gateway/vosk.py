@@ -26,23 +26,48 @@ only with an align lexicon, which the default model does not ship, and times are
 invented. Errors (bad JSON, an unknown message, a bad config, a bad phrase list, no
 decoder) get ``{"error": message, "status": code}`` and a close (1008 for the
 client's mistakes, 1011 otherwise).
+
+**Bounds.** A text frame is JSON of at most :data:`~shared.protocol.MAX_JSON_BYTES`
+(64 KiB) nested at most :data:`~shared.protocol.MAX_JSON_DEPTH` deep, else status 5;
+a ``phrase_list`` is checked as soon as its config arrives (count and length of the
+phrases, :func:`~shared.protocol.parse_phrases`), else status 7. Until the first
+audio frame the socket already counts as one of its API key's sessions
+(``--key-max-sessions``, status 6), and configs, resets and silence may take no more
+than ``--idle-timeout`` from connect (``--max-session-seconds`` if that is off), then
+status 2.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import math
+import uuid
 from collections.abc import Mapping
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from redis.exceptions import RedisError
 
 from gateway.core import Outcome, SessionCore
+from gateway.limits import for_request
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
 from gateway.speech import audio_socket
 from gateway.state import GATEWAY
-from shared.protocol import BadRequest, Status, to_json
+from shared.config import GatewaySettings
+from shared.protocol import (
+    Aborted,
+    BadRequest,
+    JsonError,
+    SessionError,
+    Status,
+    TimedOut,
+    parse_json,
+    parse_phrases,
+    status_for,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +117,10 @@ class VoskConfig:
             raise BadRequest(
                 "max_alternatives > 0 is not supported: the decoder gives no n-best list"
             )
-        return cls(int(rate), bool(words), 0, obj.get("phrase_list"))
+        phrase_list = obj.get("phrase_list")
+        if phrase_list is not None:
+            parse_phrases(phrase_list)  # its bounds now (status 7); the runner keeps it
+        return cls(int(rate), bool(words), 0, phrase_list)
 
 
 @dataclass(frozen=True)
@@ -105,11 +133,14 @@ class VoskMessage:
 
 
 def parse_message(text: str) -> VoskMessage:
-    """``{"config": …}``, ``{"eof": 1}`` or ``{"reset": 1}``, with any spacing."""
+    """``{"config": …}``, ``{"eof": 1}`` or ``{"reset": 1}``, with any spacing.
+
+    Raises :class:`BadRequest` (or :class:`~shared.protocol.BadGrammar` for a bad
+    phrase list); never anything else, whatever the text holds."""
     try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"Text message is not JSON: {text[:80]!r}") from exc
+        obj = parse_json(text)
+    except JsonError as exc:
+        raise BadRequest(f"Text message refused: {exc}") from exc
     if not isinstance(obj, dict) or len(obj) != 1:
         raise BadRequest(f"Unsupported text message: {text[:80]!r}")
     ((key, value),) = obj.items()
@@ -188,44 +219,73 @@ async def handle_vosk(request: web.Request) -> web.WebSocketResponse:
     settings = gateway.settings
     ws = audio_socket(settings)
     await ws.prepare(request)
-    config = VoskConfig()
-    first: bytes | None = None
-    eof = False
+    sid = uuid.uuid4().hex
+    limits = for_request(gateway.redis, gateway.keys, settings.key_audio_period)
     try:
-        # Configs until the first audio frame (or eof): the session starts then.
-        async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                first = msg.data
-                break
-            if msg.type == WSMsgType.TEXT:
-                message = parse_message(msg.data)
-                if message.config is not None:
-                    config = message.config
-                    continue
-                if message.eof:
-                    eof = True
-                    break
-                await ws.send_str(to_json({"text": ""}))  # a reset before any audio
-            elif msg.type == WSMsgType.ERROR:
-                break
-    except BadRequest as exc:
-        error = to_json({"error": str(exc), "status": int(Status.NOT_ALLOWED)})
-        await _fail(ws, error, Status.NOT_ALLOWED)
-        return ws
-    if ws.closed or (first is None and not eof):
-        return ws
-    spec = SessionSpec(
-        model=request.query.get("model", settings.model),
-        content_type=config.content_type,
-        transport="vosk",
-        phrases=config.phrase_list,
-    )
-    sink = _Sink(ws)
-    frames = _frames(ws, sink, first, settings.max_frame_bytes)
-    runner = SessionRunner(gateway, spec, frames, sink, socket=ws)
-    sink.replies = VoskReplies(runner.core)  # before the runner reads the first frame
-    await runner.run()
+        async with AsyncExitStack() as stack:
+            if limits is not None:
+                # One of the key's sessions from connect: the runner takes the place
+                # over with the same id (docs/security.md, "Bounds").
+                await stack.enter_async_context(limits.holding(sid))
+            config, first, eof = await _before_audio(ws, settings)
+        if ws.closed or (first is None and not eof):
+            return ws
+        spec = SessionSpec(
+            model=request.query.get("model", settings.model),
+            content_type=config.content_type,
+            transport="vosk",
+            phrases=config.phrase_list,
+        )
+        sink = _Sink(ws)
+        frames = _frames(ws, sink, first, settings.max_frame_bytes)
+        runner = SessionRunner(gateway, spec, frames, sink, sid=sid, socket=ws)
+        sink.replies = VoskReplies(runner.core)  # before the runner reads the first frame
+        await runner.run()
+    except (SessionError, RedisError) as exc:  # before the runner: it reports its own
+        error = exc if isinstance(exc, SessionError) else Aborted(f"Redis unavailable: {exc}")
+        log.info("vosk session %s refused: %s", sid[:8], error)
+        status = status_for(error)
+        await _fail(ws, to_json({"error": str(error), "status": int(status)}), status)
+    finally:
+        if limits is not None:
+            with suppress(RedisError, OSError):
+                await limits.release(sid)  # a no-op once the runner has released it
     return ws
+
+
+def _setup_timeout(settings: GatewaySettings) -> float | None:
+    """How long a client may take from connect to its first audio (``None``: no bound)."""
+    for limit in (settings.idle_timeout, settings.max_session_seconds):
+        if limit > 0:
+            return float(limit)
+    return None
+
+
+async def _before_audio(
+    ws: web.WebSocketResponse, settings: GatewaySettings
+) -> tuple[VoskConfig, bytes | None, bool]:
+    """Configs until the first audio frame (or eof): the config, that frame, and
+    whether eof came first. Raises :class:`TimedOut` when it takes too long."""
+    config = VoskConfig()
+    limit = _setup_timeout(settings)
+    try:
+        async with asyncio.timeout(limit):
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    return config, msg.data, False
+                if msg.type == WSMsgType.TEXT:
+                    message = parse_message(msg.data)
+                    if message.config is not None:
+                        config = message.config
+                        continue
+                    if message.eof:
+                        return config, None, True
+                    await ws.send_str(to_json({"text": ""}))  # a reset before any audio
+                elif msg.type == WSMsgType.ERROR:
+                    break
+    except TimeoutError:
+        raise TimedOut(f"No audio received for {limit:g} s after connecting") from None
+    return config, None, False
 
 
 async def _frames(

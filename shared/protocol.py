@@ -16,14 +16,19 @@ gateway sends that status with the exception's text, then closes the socket.
     └── UnknownModel        (8: ``?model=`` names a model not on the allow-list)
         ├── TimedOut            (2: idle client, or the maximum session duration)
         └── FellBehind          (2: the decoder fell too far behind real time)
+
+Every JSON text a client sends (a text frame, ``?phrases=``) goes through
+:func:`parse_json`: bounded in size and nesting, it raises only :class:`JsonError`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import accumulate
 from typing import Any
 
 
@@ -117,11 +122,74 @@ def status_for(exc: SessionError) -> Status:
 EOS = "EOS"
 
 #: A phrase list may hold this many phrases (each of at most :data:`MAX_PHRASE_WORDS`
-#: words); a longer one is a bad grammar (status 7). The grammar is one small FST, so
-#: the bound is about abuse (a session's grammar is built in its decoder's process),
-#: not a limit of Kaldi.
+#: words and :data:`MAX_PHRASE_CHARS` characters); a longer one is a bad grammar
+#: (status 7). The grammar is one small FST, so the bound is about abuse (a session's
+#: grammar is built in its decoder's process), not a limit of Kaldi.
 MAX_PHRASES = 1000
 MAX_PHRASE_WORDS = 20
+MAX_PHRASE_CHARS = 200
+
+#: The largest JSON text a client may send as one message: a vosk text frame (its
+#: config and phrase list included) or kaldi-gstreamer-server's ``?phrases=``. A full
+#: phrase list (:data:`MAX_PHRASES` phrases of a few words) takes less than half of it.
+MAX_JSON_BYTES = 64 * 1024
+#: How deeply a client's JSON may nest; every message of both dialects needs 3 levels.
+MAX_JSON_DEPTH = 16
+
+#: A JSON string, escapes included, or an unterminated one up to the end of the text;
+#: possessive, so the scan is linear whatever the text holds.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _json_depth(text: str, limit: int) -> int:
+    """How deeply ``text`` nests (brackets inside strings do not count); linear time."""
+    if text.count("[") + text.count("{") <= limit:
+        return 0  # cannot be deeper: the common case costs two counts
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+class JsonError(ValueError):
+    """A client's JSON text that is not JSON, or not within the bounds of
+    :func:`parse_json`; its text says which, for the client."""
+
+
+def parse_json(
+    text: str | bytes, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
+    """Every JSON text a client sends, parsed within bounds. Raises :class:`JsonError`.
+
+    The size is checked before anything is parsed and the nesting before ``json``
+    recurses into it, so a hostile text costs one linear scan: no ``RecursionError``
+    (Python's parser recurses once per level), no deep structure for later code.
+    """
+    if len(text) > max_bytes or (
+        isinstance(text, str) and len(text.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
+        raise JsonError(f"JSON text larger than {max_bytes} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonError("JSON text is not UTF-8") from exc
+    if _json_depth(text, max_depth) > max_depth:
+        raise JsonError(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError as exc:  # not reached after the scan; never a traceback
+        raise JsonError(f"JSON nested deeper than {max_depth} levels") from exc
+    except ValueError as exc:
+        raise JsonError(f"not JSON: {text[:80]!r}") from exc
+
+
+@dataclass(frozen=True)
+class UnreadablePhrases:
+    """A ``?phrases=`` parameter :func:`parse_json` refused: :func:`parse_phrases`
+    answers it with status 7, like any other bad phrase list."""
+
+    reason: str
 
 
 def parse_phrases(value: object) -> tuple[str, ...]:
@@ -130,6 +198,10 @@ def parse_phrases(value: object) -> tuple[str, ...]:
 
     ``[unk]`` (vosk's out-of-list marker) is accepted and dropped: the list is closed.
     """
+    if isinstance(value, UnreadablePhrases):
+        raise BadGrammar(
+            f"Bad grammar: the phrase list must be a JSON array of strings ({value.reason})"
+        )
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise BadGrammar("Bad grammar: the phrase list must be a JSON array of strings")
     phrases: dict[str, None] = {}
@@ -139,23 +211,26 @@ def parse_phrases(value: object) -> tuple[str, ...]:
             continue
         if not phrase:
             raise BadGrammar("Bad grammar: empty phrase")
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise BadGrammar(f"Bad grammar: phrase longer than {MAX_PHRASE_CHARS} characters")
         if len(phrase.split()) > MAX_PHRASE_WORDS:
             raise BadGrammar(f"Bad grammar: phrase longer than {MAX_PHRASE_WORDS} words")
         phrases[phrase] = None
+        if len(phrases) > MAX_PHRASES:
+            raise BadGrammar(f"Bad grammar: too many phrases, at most {MAX_PHRASES}")
     if not phrases:
         raise BadGrammar("Bad grammar: the phrase list is empty")
-    if len(phrases) > MAX_PHRASES:
-        raise BadGrammar(f"Bad grammar: {len(phrases)} phrases, at most {MAX_PHRASES}")
     return tuple(phrases)
 
 
 def phrases_param(text: str) -> object:
     """The ``phrases`` query parameter decoded (a JSON array), for :func:`parse_phrases`;
-    text that is not JSON is returned as is, which that then refuses."""
+    text :func:`parse_json` refuses comes back as :class:`UnreadablePhrases`, which
+    that then refuses (status 7). Never raises: the session reports it."""
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        return parse_json(text)
+    except JsonError as exc:
+        return UnreadablePhrases(str(exc))
 
 
 def to_json(obj: Any) -> str:
@@ -245,6 +320,11 @@ class ClusterStatus:
         )
 
 
+#: The largest JSON text frame of kaldi-gstreamer-server's dialect (an
+#: ``adaptation_state`` message: accepted, not applied; the original's are a few KiB).
+MAX_CLIENT_TEXT_BYTES = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ClientText:
     """A text frame from the client: ``EOS`` ends the audio; JSON may carry options."""
@@ -257,9 +337,9 @@ class ClientText:
         if text.strip() == EOS:
             return cls(eos=True)
         try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise BadRequest(f"Unsupported text message: {text[:80]!r}") from exc
+            obj = parse_json(text, max_bytes=MAX_CLIENT_TEXT_BYTES)
+        except JsonError as exc:
+            raise BadRequest(f"Unsupported text message: {exc}") from exc
         if isinstance(obj, dict) and "adaptation_state" in obj:
             # kaldi-active-grammar cannot import adaptation state: accepted, not applied.
             return cls(eos=False, adaptation_state=True)
