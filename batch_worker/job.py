@@ -1,8 +1,9 @@
 """The rq job: one stored upload decoded through the cluster (``shared.jobs.JOB_FUNCTION``).
 
-rq imports :func:`transcribe_job` by name in a fork of one of the pool's workers
-(:mod:`batch_worker.pool`), so the batch worker's settings reach it through
-:func:`configure`, called once before the pool forks.
+rq runs :func:`transcribe_job` in a fork of one of the pool's workers, found by the
+name the job gives through :data:`batch_worker.pool.JOB_FUNCTIONS` (never imported by
+that name), so the batch worker's settings reach it through :func:`configure`, called
+once before the pool forks.
 """
 
 from __future__ import annotations

@@ -4,12 +4,16 @@ The gateway (:mod:`gateway.transcriptions`) stores an upload in Redis and enqueu
 job on the rq queue ``<prefix>-batch``; ``ksc batch-worker`` (:mod:`batch_worker`)
 runs it; ``ksc status`` counts the jobs. This module is what those three agree on:
 the connection (standalone or Sentinel), the queue, the job's request, the function
-name rq imports, and the document ``GET /v1/transcriptions/{id}`` answers.
+name a job gives, and the document ``GET /v1/transcriptions/{id}`` answers.
 
 Jobs, their arguments and their results are stored with rq's JSON serializer, so
-``redis-cli HGETALL rq:job:ID`` is readable. That is no security boundary: rq imports
-whatever function a job names, so whoever can write to this Redis can make a batch
-worker run code. Redis access is the trust boundary (``docs/security.md``).
+``redis-cli HGETALL rq:job:ID`` is readable. The serializer is no security boundary:
+plain rq imports and calls whatever function a job names (a JSON job naming
+``subprocess.getoutput`` runs a shell command). The batch worker therefore runs only
+the functions it knows (:data:`batch_worker.pool.JOB_FUNCTIONS`) and fails any other
+job without importing anything. Redis stays the trust boundary
+(``docs/security.md``): whoever can write it controls sessions, results and which
+jobs run on which stored audio.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rq.serializers import JSONSerializer
 from shared.keys import Keys
 from shared.redis_client import RedisURLError, parse_url
 
-#: The job function, by the name rq imports it under (:mod:`batch_worker.job`).
+#: The job function, by the name jobs give it (:data:`batch_worker.pool.JOB_FUNCTIONS`).
 JOB_FUNCTION = "batch_worker.job.transcribe_job"
 
 #: rq's job statuses -> the four states the API reports.

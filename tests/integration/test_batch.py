@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +21,9 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
+from rq.callbacks import Callback
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from gateway.app import serve
 from gateway.audio import AudioInput
@@ -282,3 +287,76 @@ async def test_a_job_queued_under_the_old_function_name_still_runs(
         doc = await _wait(http, cluster.http, job_id, ("finished", "failed"))
     assert doc["state"] == "finished", doc
     assert doc["text"] and doc["segments"]
+
+
+#: A module that records being imported and being called (see the test below).
+_CANARY = """
+import pathlib
+pathlib.Path({imported!r}).touch()
+
+
+def run(*args, **kwargs):
+    pathlib.Path({called!r}).touch()
+"""
+
+
+def test_a_job_naming_another_function_fails_and_nothing_is_imported_or_run(
+    redis_server: str, tmp_path: Path
+) -> None:
+    """rq imports and calls whatever function a job names; the batch worker runs only
+    its own job function. Jobs written straight into Redis with rq's API, as anyone
+    with write access could, name ``subprocess.getoutput``, a module of their own, and
+    the real job function with callbacks: all fail with a message, nothing runs."""
+    url, keys = f"{redis_server}/0", Keys("foreign")  # a queue of its own
+    ran, imported, called = tmp_path / "ran", tmp_path / "imported", tmp_path / "called"
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "ksc_canary.py").write_text(
+        _CANARY.format(imported=str(imported), called=str(called)), encoding="utf-8"
+    )
+    path = [str(modules), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    connection = jobs.connect_sync(url)
+    try:
+        queue = jobs.queue(connection, keys)
+        shell = queue.enqueue("subprocess.getoutput", args=(f"touch {ran}",))
+        canary = queue.enqueue("ksc_canary.run", args=("x",))
+        request = jobs.JobRequest(model="ko", content_type="", audio_key=keys.batch_audio("x"))
+        hooked = queue.enqueue(
+            jobs.JOB_FUNCTION,
+            kwargs={"request": request.__dict__},
+            on_success=Callback("ksc_canary.run"),
+            on_failure=Callback("ksc_canary.run"),
+        )
+        # What plain rq would run: the function itself, imported by the name in Redis.
+        plain = Job.fetch(shell.id, connection=connection, serializer=JSONSerializer)
+        assert plain.func is subprocess.getoutput
+        worker = subprocess.Popen(
+            [*KSC, "batch-worker", "--redis-url", url, "--prefix", keys.prefix],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+        )
+        try:
+            deadline = time.monotonic() + 60 * UNIT
+            while not all(
+                j.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED)
+                for j in (shell, canary, hooked)
+            ):
+                assert worker.poll() is None, "batch worker died"
+                assert time.monotonic() < deadline, "the jobs did not end in time"
+                time.sleep(0.1)
+        finally:
+            stop(worker)
+        assert not ran.exists(), "subprocess.getoutput ran"
+        assert not imported.exists(), "a module a job named was imported"
+        assert not called.exists(), "a function a job named was called"
+        messages = {}
+        for name, job in (("shell", shell), ("canary", canary), ("hooked", hooked)):
+            doc = jobs.describe(job)
+            assert doc["state"] == "failed", doc
+            messages[name] = doc["message"]
+    finally:
+        connection.close()
+    refused = "names function 'subprocess.getoutput', which the batch worker does not run"
+    allowed = "it runs only batch_worker.job.transcribe_job, shared.batch.transcribe_job"
+    assert refused in messages["shell"] and allowed in messages["shell"]
+    assert "names function 'ksc_canary.run'" in messages["canary"]
+    assert "names callback(s) 'ksc_canary.run', 'ksc_canary.run'" in messages["hooked"]
