@@ -4,7 +4,13 @@ It keeps no session state another replica would need: a session lives in Redis, 
 this process only holds the sockets of the clients connected to it.
 
 Shutdown order (``serve``): not ready -> stop accepting -> let open sessions finish for
-up to ``drain_timeout`` -> close the rest with 1012 (service restart) -> close Redis.
+up to ``drain_timeout`` -> close the rest, and the status sockets, with 1012 (service
+restart) -> close Redis.
+
+Open to anyone who reaches the port, whether authentication is on or not:
+``/healthz``, ``/readyz`` and ``/metrics`` (``/readyz`` says "redis unavailable", never
+Redis's own error text) and the browser page. ``/status`` and every websocket need a
+credential when authentication is on (:mod:`gateway.auth`).
 """
 
 from __future__ import annotations
@@ -13,58 +19,81 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
 
 from gateway import auth, http, page, transcriptions
 from gateway.speech import handle_speech
 from gateway.state import GATEWAY, Gateway
+from gateway.status import StatusFeed
 from gateway.vosk import handle_vosk
-from shared import cluster, metrics
+from shared import metrics
 from shared.config import GatewaySettings
+from shared.protocol import ErrorReply, Status
 from shared.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
-STATUS_INTERVAL_S = 1.0
 #: /readyz answers 503 when Redis takes longer than this.
 READY_TIMEOUT_S = 1.0
+#: ``Retry-After`` when this gateway has its maximum of status sockets.
+STATUS_RETRY_AFTER_S = 5
+#: Why a status socket is closed when its token expires (RFC 6455 policy violation).
+TOKEN_EXPIRED = (WSCloseCode.POLICY_VIOLATION, b"token expired")
 #: After the drain timeout, how long closed sessions get to finish their handlers.
 _CLOSE_GRACE_S = 5.0
 #: The garbage collector's thresholds in a gateway process (CPython's are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
 
 
-async def handle_status(request: web.Request) -> web.WebSocketResponse:
-    """``/client/ws/status``: the cluster's counters now, then whenever they change."""
-    gateway = request.app[GATEWAY]
+async def handle_status(request: web.Request) -> web.StreamResponse:
+    """``/client/ws/status``: the cluster's counters now, then whenever they change.
+
+    Every socket of the process is fed by the one poller of :class:`StatusFeed`; past
+    ``status_max_sockets`` a new one gets 503. A socket opened with a signed token is
+    closed (1008, "token expired") when the token expires.
+    """
+    feed = request.app[GATEWAY].view.feed
     ws = web.WebSocketResponse(heartbeat=30)
-    await ws.prepare(request)
-    last = ""
-
-    async def push() -> None:
-        nonlocal last
-        while not ws.closed:
-            try:
-                text = (await gateway.cluster_status()).serialize()
-            except (RedisError, OSError) as exc:  # Redis down: try again next round
-                log.debug("status: %s", exc)
-                text = last
-            if text != last:
-                await ws.send_str(text)
-                last = text
-            await asyncio.sleep(STATUS_INTERVAL_S)
-
-    pusher = asyncio.create_task(push())
+    if not feed.join(ws):
+        body = ErrorReply(
+            Status.NOT_AVAILABLE, "Too many status sockets on this gateway; try again later"
+        ).serialize()
+        headers = {"Retry-After": str(STATUS_RETRY_AFTER_S)}
+        return web.Response(status=503, text=body, content_type="application/json", headers=headers)
     try:
-        async for msg in ws:
-            if msg.type == WSMsgType.ERROR:
-                break
+        await ws.prepare(request)
+        principal = auth.PRINCIPAL.get()
+        deadline = None
+        if principal is not None and principal.expires is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (principal.expires - time.time())
+        pusher = asyncio.create_task(_push_status(feed, ws))
+        try:
+            async with asyncio.timeout_at(deadline) as window:
+                async for msg in ws:
+                    if msg.type == WSMsgType.ERROR:
+                        break
+        except TimeoutError:
+            if not window.expired():
+                raise
+            code, reason = TOKEN_EXPIRED
+            await ws.close(code=code, message=reason)
+        finally:
+            await stop_tasks(pusher)
     finally:
-        await stop_tasks(pusher)
+        feed.leave(ws)
     return ws
+
+
+async def _push_status(feed: StatusFeed, ws: web.WebSocketResponse) -> None:
+    seen = 0
+    while not ws.closed:
+        seen, text = await feed.next(seen)
+        await ws.send_str(text)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -72,37 +101,50 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    """Ready while serving, Redis answers and at least one decoder slot is registered."""
+    """Ready while serving, Redis answers and a live worker that is not draining has
+    slots (live: a heartbeat younger than ``WORKER_LIVE_S``, in Redis time).
+
+    Open to anyone: the reason it gives is generic; Redis's own error goes to the log
+    (once per change, not once per probe)."""
     gateway = request.app[GATEWAY]
+    view = gateway.view
     if not gateway.ready:
         return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
     try:
         # The client retries a dead connection for seconds; a probe wants an answer now.
         async with asyncio.timeout(READY_TIMEOUT_S):
-            workers = await cluster.workers(gateway.redis, gateway.keys)
-    except TimeoutError:
-        return web.json_response({"ready": False, "reason": "redis: no answer"}, status=503)
-    except (RedisError, OSError) as exc:
-        return web.json_response({"ready": False, "reason": f"redis: {exc}"}, status=503)
-    slots = sum(w.slots_total for w in workers)
+            workers = await view.workers.get()
+    except (TimeoutError, RedisError, OSError) as exc:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else "no answer in time"
+        if view.unready != detail:
+            log.warning("not ready: Redis: %s", detail)
+            view.unready = detail
+        return web.json_response({"ready": False, "reason": "redis unavailable"}, status=503)
+    view.unready = None
+    serving = [w for w in workers if not w.draining]  # live, and taking sessions
+    slots = sum(w.slots_total for w in serving)
     if slots == 0:
         return web.json_response({"ready": False, "reason": "no decoder registered"}, status=503)
-    return web.json_response({"ready": True, "slots": slots, "workers": len(workers)})
+    return web.json_response({"ready": True, "slots": slots, "workers": len(serving)})
 
 
 async def handle_cluster(request: web.Request) -> web.Response:
-    """``/status``: the ``ksc status --json`` document."""
+    """``/status``: the ``ksc status --json`` document (its sessions capped, see
+    :mod:`gateway.status`), at most one Redis read of it per second."""
     gateway = request.app[GATEWAY]
-    snap = await cluster.snapshot(gateway.redis, gateway.keys)
+    try:
+        snap = dict(await gateway.view.snapshot.get())
+    except (RedisError, OSError) as exc:
+        log.warning("/status: Redis unavailable: %s", exc)
+        return web.json_response({"error": "redis unavailable"}, status=503)
     snap["batch"] = await transcriptions.job_counts(request.app)
     return web.json_response(snap)
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    # Origin check and authentication for every transport at once (gateway/auth.py).
-    app = web.Application(
-        middlewares=[auth.middleware(gateway.auth, gateway.settings.cors_origins)]
-    )
+    # Host and Origin checks and authentication for every transport at once
+    # (gateway/auth.py, gateway/origins.py).
+    app = web.Application(middlewares=[auth.middleware(gateway.auth, gateway.settings)])
     app[GATEWAY] = gateway
     app.router.add_get("/client/ws/speech", handle_speech)
     app.router.add_get("/client/ws/status", handle_status)
@@ -144,6 +186,7 @@ async def serve(settings: GatewaySettings) -> AsyncIterator[tuple[Gateway, int]]
             log.info("drain timeout: closing %d sessions", len(gateway.sessions))
             await gateway.close_sessions()
             await _wait_for_sessions(gateway, _CLOSE_GRACE_S)  # handlers clean up
+        await gateway.view.feed.close()
         await runner.cleanup()
         await gateway.close()
 

@@ -1,17 +1,19 @@
-"""Authentication, allowed Origins and the identity per-key limits count against.
+"""Authentication, the browser checks and the identity per-key limits count against.
 
 Off unless configured: with neither ``--api-keys`` nor ``--token-secret`` every client
-is anonymous and unlimited, as in kaldi-gstreamer-server. Once either is set, every
-*protected* request must present a credential, or it gets HTTP 401 before anything
-else happens (for a websocket: before the upgrade). Protected, for every transport at
-once and whichever module serves it (one middleware, not a check per handler):
+is anonymous (:data:`ANONYMOUS` for the limits that apply then), as in
+kaldi-gstreamer-server. Once either is set, every *protected* request must present a
+credential, or it gets HTTP 401 before anything else happens (for a websocket: before
+the upgrade). Protected, for every transport at once and whichever module serves it
+(one middleware, not a check per handler):
 
 * every websocket upgrade, on any path (``/client/ws/speech``, ``/client/ws/status``,
   the vosk dialect at ``/`` and ``/vosk``, …);
-* every path under ``/client/`` (recognition, references) and ``/v1/`` (batch jobs).
+* every path under ``/client/`` (recognition, references) and ``/v1/`` (batch jobs);
+* ``/status`` (the cluster's sessions and workers).
 
-Left open: ``/healthz``, ``/readyz``, ``/metrics``, ``/status`` and the browser page's
-files, which carry no audio (put the gateway behind a network policy to hide them).
+Left open: ``/healthz``, ``/readyz`` and ``/metrics`` (probes and scrapers carry no
+key; they show no session, key or text) and the browser page's files.
 
 A credential is read from ``Authorization: Bearer …``, ``X-API-Key: …`` or, for
 browsers (which cannot set headers on a websocket), the ``token`` query parameter.
@@ -21,16 +23,19 @@ It is either
   [audio-seconds=S]]`` a line, ``#`` comments; only SHA-256 digests are kept in
   memory, and a presented key is compared with every digest in constant time; or
 * a **signed token**: a JWT signed with HMAC-SHA256 (``--token-secret``) whose ``sub``
-  claim names the key and whose ``exp`` claim is required (PyJWT checks both).
+  claim names the key and whose ``exp`` claim is required. With ``--token-audience``
+  / ``--token-issuer`` set, ``aud`` / ``iss`` are required and must match (a token
+  with an ``aud`` is refused while no audience is set); a token valid for longer than
+  ``--token-max-lifetime`` (``exp - iat``, or ``exp - now`` without ``iat``) is refused.
 
-The request then runs as a :class:`Principal` (the key's name and limits), which
-:data:`PRINCIPAL` carries to the session runner: per-key limits (:mod:`gateway.limits`)
-apply to every transport without the transports knowing.
+The request then runs as a :class:`Principal` (the key's name, its limits and, for a
+token, its expiry), which :data:`PRINCIPAL` carries to the handlers: per-key limits
+(:mod:`gateway.limits`) apply to every transport without the transports knowing, and
+a ``/client/ws/status`` socket is closed when its token expires (a speech session may
+finish: ``docs/security.md``).
 
-**Origins**: a websocket upgrade from a browser carries ``Origin``; unless it is the
-gateway's own (same host) or listed in ``cors_origins`` (``*`` allows all), the
-upgrade is refused with 403 — so another site's page cannot use a visitor's network
-position or cookies to reach the service.
+Before authentication the middleware applies the Host and Origin checks of
+:mod:`gateway.origins` (DNS rebinding, cross-site websockets and requests).
 """
 
 from __future__ import annotations
@@ -43,13 +48,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 import jwt
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 
+from gateway.logtext import printable
+from gateway.origins import HostRule, OriginRule, host_name, is_websocket_upgrade
 from shared.config import GatewaySettings
 from shared.protocol import ErrorReply, Status
 
@@ -59,6 +66,10 @@ log = logging.getLogger(__name__)
 PRINCIPAL: ContextVar[Principal | None] = ContextVar("ksc_principal", default=None)
 #: Path prefixes that carry audio or stored data, beside websocket upgrades.
 PROTECTED_PREFIXES = ("/client/", "/v1/")
+#: Other protected paths: the cluster's sessions and workers.
+PROTECTED_PATHS = frozenset({"/status"})
+#: The name limits count against when authentication is off: everyone together.
+ANONYMOUS = "anonymous"
 #: Signed tokens may be this many seconds past ``exp`` (clock skew between hosts).
 TOKEN_LEEWAY_S = 5
 #: HS256 secrets shorter than the hash are refused (RFC 7518, section 3.2).
@@ -77,6 +88,14 @@ class Principal:
     name: str
     max_sessions: int = 0
     audio_seconds: float = 0.0
+    #: a signed token's ``exp`` (Unix time); ``None`` for an API key
+    expires: float | None = None
+
+
+def principal_name() -> str:
+    """The name of the request's principal, :data:`ANONYMOUS` when auth is off."""
+    principal = PRINCIPAL.get()
+    return ANONYMOUS if principal is None else principal.name
 
 
 @dataclass(frozen=True)
@@ -136,11 +155,17 @@ class Authenticator:
         *,
         max_sessions: int = 0,
         audio_seconds: float = 0.0,
+        token_audience: str = "",
+        token_issuer: str = "",
+        token_max_lifetime: float = 0.0,
     ) -> None:
         self.keys = tuple(keys)
         self.token_secret = token_secret
         self.max_sessions = max_sessions
         self.audio_seconds = audio_seconds
+        self.token_audience = token_audience
+        self.token_issuer = token_issuer
+        self.token_max_lifetime = token_max_lifetime
         self._by_name = {entry.name: entry for entry in self.keys}
 
     @classmethod
@@ -164,11 +189,15 @@ class Authenticator:
             settings.token_secret,
             max_sessions=settings.key_max_sessions,
             audio_seconds=settings.key_audio_seconds,
+            token_audience=settings.token_audience,
+            token_issuer=settings.token_issuer,
+            token_max_lifetime=settings.token_max_lifetime,
         )
 
-    def authenticate(self, credential: str) -> Principal:
+    def authenticate(self, credential: str, now: float | None = None) -> Principal:
         if self.token_secret and credential.count(".") == 2:
-            return self._principal(self._token_subject(credential))
+            subject, expires = self._token_claims(credential, time.time() if now is None else now)
+            return self._principal(subject, expires)
         presented = digest(credential)
         found: KeyEntry | None = None
         for entry in self.keys:  # no early exit: the time does not depend on the match
@@ -178,13 +207,21 @@ class Authenticator:
             raise AuthError("unknown API key")
         return self._principal(found.name)
 
-    def _token_subject(self, token: str) -> str:
+    def _token_claims(self, token: str, now: float) -> tuple[str, float]:
+        """The token's subject and expiry, once its signature and claims are checked."""
+        required = ["exp", "sub"]
+        if self.token_audience:
+            required.append("aud")
+        if self.token_issuer:
+            required.append("iss")
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self.token_secret,
                 algorithms=["HS256"],
-                options={"require": ["exp", "sub"]},
+                audience=self.token_audience or None,
+                issuer=self.token_issuer or None,
+                options={"require": required},
                 leeway=TOKEN_LEEWAY_S,
             )
         except jwt.ExpiredSignatureError as exc:
@@ -194,9 +231,18 @@ class Authenticator:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise AuthError("invalid token: empty subject")
-        return subject
+        expires = float(claims["exp"])
+        if self.token_max_lifetime > 0:
+            issued = claims.get("iat")
+            start = float(issued) if isinstance(issued, int | float) else now
+            if expires - start > self.token_max_lifetime:
+                raise AuthError(
+                    f"token valid for {expires - start:.0f} s, longer than the "
+                    f"{self.token_max_lifetime:g} s allowed"
+                )
+        return subject, expires
 
-    def _principal(self, name: str) -> Principal:
+    def _principal(self, name: str, expires: float | None = None) -> Principal:
         """Limits of the keys-file entry of that name, else the defaults."""
         entry = self._by_name.get(name)
         sessions = entry.max_sessions if entry and entry.max_sessions is not None else None
@@ -205,15 +251,27 @@ class Authenticator:
             name,
             self.max_sessions if sessions is None else sessions,
             self.audio_seconds if audio is None else audio,
+            expires,
         )
 
 
-def make_token(secret: str, name: str, expires_in: float, now: float | None = None) -> str:
+def make_token(
+    secret: str,
+    name: str,
+    expires_in: float,
+    now: float | None = None,
+    *,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> str:
     """A signed token for ``name`` valid ``expires_in`` seconds (for operators and tests)."""
     issued = int(time.time() if now is None else now)
-    return jwt.encode(
-        {"sub": name, "iat": issued, "exp": issued + int(expires_in)}, secret, algorithm="HS256"
-    )
+    claims: dict[str, Any] = {"sub": name, "iat": issued, "exp": issued + int(expires_in)}
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def credential(request: web.Request) -> str | None:
@@ -227,23 +285,12 @@ def credential(request: web.Request) -> str | None:
     return request.query.get("token") or None
 
 
-def is_websocket_upgrade(request: web.Request) -> bool:
-    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-
-
 def is_protected(request: web.Request) -> bool:
-    return is_websocket_upgrade(request) or request.path.startswith(PROTECTED_PREFIXES)
-
-
-def origin_allowed(request: web.Request, cors_origins: str) -> bool:
-    """No ``Origin`` (not a browser), the gateway's own, or one of ``cors_origins``."""
-    origin = request.headers.get(hdrs.ORIGIN)
-    if origin is None:
-        return True
-    allowed = {o.strip().rstrip("/") for o in cors_origins.split(",") if o.strip()}
-    if "*" in allowed or origin.rstrip("/") in allowed:
-        return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
+    return (
+        is_websocket_upgrade(request)
+        or request.path.startswith(PROTECTED_PREFIXES)
+        or request.path in PROTECTED_PATHS
+    )
 
 
 def _refuse(code: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -254,13 +301,26 @@ def _refuse(code: int, message: str, headers: dict[str, str] | None = None) -> w
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(authenticator: Authenticator | None, cors_origins: str) -> Middleware:
-    """The aiohttp middleware: Origin check on upgrades, then authentication."""
+def middleware(authenticator: Authenticator | None, settings: GatewaySettings) -> Middleware:
+    """The aiohttp middleware: the Host check, the Origin check, then authentication."""
+    hosts = HostRule.from_settings(settings, auth_on=authenticator is not None)
+    origins = OriginRule.from_settings(settings)
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_websocket_upgrade(request) and not origin_allowed(request, cors_origins):
-            log.info("websocket from origin %r refused", request.headers.get(hdrs.ORIGIN))
+        if not hosts.allows(request):
+            host = host_name(request.headers.get(hdrs.HOST, ""))
+            log.info("%s %s for host %s refused", *_logged(request), printable(host))
+            return _refuse(
+                421,
+                f"Host {host[:100]!r} not allowed: use the gateway's address or localhost, "
+                "or list the name in --allowed-hosts",
+            )
+        if origins.applies(request) and not origins.allows(request):
+            origin = request.headers.get(hdrs.ORIGIN, "") or "Sec-Fetch-Site: " + (
+                request.headers.get("Sec-Fetch-Site", "")
+            )
+            log.info("%s %s from origin %s refused", *_logged(request), printable(origin))
             return _refuse(403, "Origin not allowed")
         if authenticator is None or request.method == "OPTIONS" or not is_protected(request):
             return await handler(request)
@@ -274,7 +334,7 @@ def middleware(authenticator: Authenticator | None, cors_origins: str) -> Middle
         try:
             principal = authenticator.authenticate(presented)
         except AuthError as exc:
-            log.info("%s %s refused: %s", request.method, request.path, exc)
+            log.info("%s %s refused: %s", *_logged(request), printable(str(exc)))
             return _refuse(
                 401,
                 f"Authentication failed: {exc}",
@@ -289,22 +349,27 @@ def middleware(authenticator: Authenticator | None, cors_origins: str) -> Middle
     return check
 
 
+def _logged(request: web.BaseRequest) -> tuple[str, str]:
+    """Method and path of a request, safe for a log line."""
+    return printable(request.method, 20), printable(request.path)
+
+
 #: Probe paths: polled every few seconds by Kubernetes and ``ksc up``; not logged.
 PROBES = frozenset({"/healthz", "/readyz"})
 
 
 class AccessLogger(AbstractAccessLogger):
     """aiohttp's access log without query strings, which may carry ``?token=``, and
-    without the probes, which would drown everything else."""
+    without the probes, which would drown everything else. The path is decoded
+    (``%0A`` is a newline), so it is escaped: one request, one line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if request.path in PROBES:
             return
         self.logger.info(
             '%s "%s %s" %d %.3f s',
-            request.remote,
-            request.method,
-            request.path,
+            printable(str(request.remote), 64),
+            *_logged(request),
             response.status,
             time,
         )

@@ -37,13 +37,21 @@ no speech for ``silence_timeout`` (status 1)         200   an answer: there was 
 ===================================================  ====  ==============================
 
 **References** (:class:`~shared.protocol.Reference`): ``POST`` a UTF-8 text body
-with a ``Content-Id`` header (and optionally ``User-Id``); it is stored in the Redis
-hash ``<prefix>:references`` (no expiry). ``GET`` lists them all as the original's
-``reference-content.json`` document; ``GET ?content-id=ID`` returns one, or 404.
+with a ``Content-Id`` header (and optionally ``User-Id``). References belong to the
+API key that posted them (with authentication off: to every client together): a
+Redis hash per key (:meth:`~shared.keys.Keys.key_references`), at most
+``reference_max_bytes`` a text (413 above), ``reference_max_count`` texts a key (past
+it the least recently written one is dropped) and kept ``reference_ttl`` seconds after
+the key's last write. ``GET ?content-id=ID`` returns one (reading that field only), or
+404; ``GET ?content-id=A&content-id=B`` those of the listed ids that exist (up to
+:data:`MAX_IDS_PER_GET`), keyed by content id; ``GET`` without an id lists the key's
+references as the original's ``reference-content.json`` document.
 
 **CORS**: ``OPTIONS`` preflights are answered on both paths, and every reply carries
 ``Access-Control-Allow-Origin`` for an allowed origin (setting ``cors_origins``:
-``*`` or a comma-separated list of origins).
+``*`` or a comma-separated list of origins; an origin listed in ``allowed_origins``
+too). Which pages may send requests at all is the Origin check's business
+(:mod:`gateway.origins`): ``*`` here lets no foreign page past it.
 """
 
 from __future__ import annotations
@@ -54,8 +62,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import PayloadEncodingError
+from redis.exceptions import RedisError
 
+from gateway.auth import principal_name
 from gateway.core import Outcome, SessionCore
+from gateway.logtext import printable
 from gateway.runner import EOS, AudioSource, SessionRunner, SessionSpec
 from gateway.state import GATEWAY, Gateway
 from shared.protocol import (
@@ -79,8 +90,10 @@ RECOGNIZE = "/client/dynamic/recognize"
 REFERENCE = "/client/dynamic/reference"
 #: Seconds a client is asked to wait after a 503 before it tries again.
 RETRY_AFTER_S = 5
-#: The largest reference text accepted, bytes.
-MAX_REFERENCE_BYTES = 1024 * 1024
+#: The longest ``Content-Id`` and ``User-Id`` of a reference, characters.
+MAX_ID_CHARS = 256
+#: The most content ids one ``GET`` of references may ask for.
+MAX_IDS_PER_GET = 100
 
 _JSON = "application/json"
 _ALLOW_HEADERS = (
@@ -105,11 +118,20 @@ def add_routes(app: web.Application) -> None:
 # --- CORS ------------------------------------------------------------------------------
 
 
+def _origin_set(raw: str) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
 def _allowed_origins(gateway: Gateway) -> frozenset[str] | None:
-    """The ``cors_origins`` setting: ``None`` allows any origin."""
-    raw = gateway.settings.cors_origins
-    origins = frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-    return None if "*" in origins else origins
+    """Origins whose pages may read replies: ``None`` when ``cors_origins`` is ``*``.
+
+    An origin ``allowed_origins`` lets past the Origin check may read its replies too.
+    """
+    settings = gateway.settings
+    cors = _origin_set(settings.cors_origins)
+    if "*" in cors:
+        return None
+    return cors | _origin_set(settings.allowed_origins)
 
 
 def _cors_headers(request: web.Request) -> dict[str, str]:
@@ -117,7 +139,7 @@ def _cors_headers(request: web.Request) -> dict[str, str]:
     if allowed is None:
         return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "Retry-After"}
     origin = request.headers.get("Origin", "")
-    if origin and origin in allowed:
+    if origin and (origin in allowed or "*" in allowed):
         return {
             "Access-Control-Allow-Origin": origin,
             "Access-Control-Expose-Headers": "Retry-After",
@@ -223,22 +245,61 @@ def _reply(core: SessionCore) -> web.Response:
 
 # --- references ------------------------------------------------------------------------
 
+# KEYS[1] the key's texts (hash), KEYS[2] their write times (zset, ms);
+# ARGV: content id, entry, most texts kept (0: no bound), TTL s (0: none).
+# Returns how many older texts were dropped to make room.
+_STORE_REFERENCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+local dropped = 0
+local most = tonumber(ARGV[3])
+if most > 0 then
+  local excess = redis.call('ZCARD', KEYS[2]) - most
+  if excess > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do
+      redis.call('HDEL', KEYS[1], id)
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+    dropped = excess
+  end
+end
+local ttl = tonumber(ARGV[4])
+for _, key in ipairs(KEYS) do
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+end
+return dropped
+"""
+
 
 def _error(code: int, message: str) -> web.Response:
     body = ErrorReply(Status.NOT_ALLOWED, message).serialize()
     return web.Response(status=code, text=body, content_type=_JSON)
 
 
+def _redis_unavailable(exc: Exception) -> web.Response:
+    log.warning("references: Redis unavailable: %s", exc)
+    body = ErrorReply(Status.NOT_AVAILABLE, "Redis unavailable; try again later").serialize()
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return web.Response(status=503, text=body, content_type=_JSON, headers=headers)
+
+
 async def handle_reference_post(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
+    settings = gateway.settings
+    limit = settings.reference_max_bytes
     content_id = request.headers.get("Content-Id", "").strip()
+    user_id = request.headers.get("User-Id", "")
     if not content_id:
         return _error(400, "No Content-Id specified")
-    if (request.content_length or 0) > MAX_REFERENCE_BYTES:
-        return _error(413, f"Reference text larger than {MAX_REFERENCE_BYTES} bytes")
-    raw = await request.content.read(MAX_REFERENCE_BYTES + 1)
-    if len(raw) > MAX_REFERENCE_BYTES:
-        return _error(413, f"Reference text larger than {MAX_REFERENCE_BYTES} bytes")
+    if len(content_id) > MAX_ID_CHARS or len(user_id) > MAX_ID_CHARS:
+        return _error(400, f"Content-Id and User-Id: at most {MAX_ID_CHARS} characters")
+    if (request.content_length or 0) > limit:
+        return _error(413, f"Reference text larger than {limit} bytes (reference_max_bytes)")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        return _error(413, f"Reference text larger than {limit} bytes (reference_max_bytes)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -246,26 +307,64 @@ async def handle_reference_post(request: web.Request) -> web.Response:
     reference = Reference(
         content_id=content_id,
         content=text,
-        user_id=request.headers.get("User-Id", ""),
+        user_id=user_id,
         time=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
-    await gateway.redis.hset(gateway.keys.references, content_id, reference.value())
-    log.info("reference stored for content %r (user %r)", content_id, reference.user_id)
+    name = principal_name()
+    keys = gateway.keys
+    try:
+        dropped = await gateway.redis.eval(
+            _STORE_REFERENCE,
+            2,
+            keys.key_references(name),
+            keys.key_reference_times(name),
+            content_id,
+            reference.value(),
+            settings.reference_max_count,
+            settings.reference_ttl,
+        )
+    except (RedisError, OSError) as exc:
+        return _redis_unavailable(exc)
+    log.info(
+        "reference stored for content %s (user %s) of %s; %d older dropped",
+        printable(content_id),
+        printable(user_id),
+        printable(name),
+        int(dropped),
+    )
     return web.Response(text=reference.serialize(), content_type=_JSON)
 
 
 async def handle_reference_get(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    key = gateway.keys.references
-    content_id = request.query.get("content-id")
-    if content_id is not None:
-        value = await gateway.redis.hget(key, content_id)
-        if value is None:
-            return _error(404, f"No reference for content id {content_id!r}")
-        return web.Response(text=Reference.parse(content_id, value).serialize(), content_type=_JSON)
-    entries = await gateway.redis.hgetall(key)
+    key = gateway.keys.key_references(principal_name())
+    wanted = list(dict.fromkeys(request.query.getall("content-id", [])))
+    if len(wanted) > MAX_IDS_PER_GET:
+        return _error(400, f"At most {MAX_IDS_PER_GET} content ids a request")
+    try:
+        if len(wanted) == 1:
+            value = await gateway.redis.hget(key, wanted[0])
+            if value is None:
+                return _error(404, f"No reference for content id {wanted[0][:MAX_ID_CHARS]!r}")
+            reply = Reference.parse(wanted[0], value).serialize()
+            return web.Response(text=reply, content_type=_JSON)
+        total = None
+        if not wanted:  # the most recently written, never the whole hash
+            times = gateway.keys.key_reference_times(principal_name())
+            pipe = gateway.redis.pipeline(transaction=False)
+            pipe.zcard(times)
+            pipe.zrevrange(times, 0, MAX_IDS_PER_GET - 1)
+            total, newest = await pipe.execute()
+            wanted = [cid.decode() for cid in newest]
+        values = await gateway.redis.hmget(key, wanted) if wanted else []
+        entries = {cid: v for cid, v in zip(wanted, values, strict=True) if v is not None}
+    except (RedisError, OSError) as exc:
+        return _redis_unavailable(exc)
     references = sorted(
-        (Reference.parse(k.decode(), v) for k, v in entries.items()),
+        (Reference.parse(cid, value) for cid, value in entries.items()),
         key=lambda r: r.content_id,
     )
-    return web.Response(text=serialize_references(references), content_type=_JSON)
+    headers = {} if total is None else {"X-Total-Count": str(total)}
+    return web.Response(
+        text=serialize_references(references), content_type=_JSON, headers=headers
+    )

@@ -1,4 +1,4 @@
-"""The gateway's process-wide state: settings, the Redis client, the event hub.
+"""The gateway's process-wide state: settings, the Redis clients, the event hub.
 
 It holds the sockets of connected clients only; everything about a session that
 another replica would need lives in Redis.
@@ -16,19 +16,29 @@ from redis.asyncio import Redis
 from gateway.appender import Appender
 from gateway.auth import Authenticator
 from gateway.hub import EventHub
-from shared import cluster, redis_client
+from gateway.queues import QueueKeeper, admitted_models
+from gateway.status import ClusterView
+from shared import redis_client
 from shared.config import GatewaySettings
 from shared.keys import Keys
 from shared.metrics import GatewayMetrics
-from shared.protocol import ClusterStatus
 
 
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
+        #: sessions' client: audio writes, records, events
         self.redis: Redis = redis_client.connect(settings.redis_url)
+        #: ``/status``, ``/readyz`` and ``/client/ws/status``, on a small pool of their own
+        self.view = ClusterView(
+            settings.redis_url, self.keys, max_sockets=settings.status_max_sockets
+        )
         self.hub = EventHub(self.redis, self.keys)
+        #: keeps each admitted model's queue present and its count exact (for KEDA)
+        self.queues = QueueKeeper(
+            self.redis, self.keys, admitted_models(settings.model, settings.models)
+        )
         self.appender = Appender(self.redis)
         self.sessions: dict[str, web.WebSocketResponse | None] = {}
         self.ready = False
@@ -59,20 +69,16 @@ class Gateway:
 
     async def start(self) -> None:
         await self.hub.start()
+        self.queues.start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        await self.view.close()
+        await self.queues.close()
         await self.hub.close()
         await self.appender.close()
         await self.redis.aclose()
-
-    async def cluster_status(self) -> ClusterStatus:
-        workers = await cluster.workers(self.redis, self.keys)
-        return ClusterStatus(
-            num_workers_available=sum(w.slots_free for w in workers),
-            num_requests_processed=await cluster.requests_processed(self.redis, self.keys),
-        )
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

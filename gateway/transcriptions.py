@@ -16,6 +16,8 @@ accepted                                        202   ``{"id", "state", "locatio
 larger than ``batch_max_bytes``                 413   status 5 and the limit
 empty, malformed ``Content-Type``, no ``file``  400   status 5 and why
 a model not offered (``models`` allow-list)     400   status 8 and the models offered
+the key's pending jobs or bytes are at the       429   status 6, which bound; ``Retry-After``
+bound (``batch_key_max_jobs``/``_bytes``)
 no worker serves the model at the moment        503   status 9, ``Retry-After``
 not audio the gateway can read (by its magic)   415   status 5 and the formats it reads
 Redis unavailable                               503   status 9
@@ -23,6 +25,9 @@ Redis unavailable                               503   status 9
 
 Audio that starts like a known format but does not decode fails in the job: the job
 ends ``failed`` with the session's status message.
+
+Each API key (with authentication off: every client together) may have a bounded
+amount of batch work pending (:mod:`gateway.batch_quota`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from contextlib import suppress
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -38,14 +44,19 @@ from redis.exceptions import RedisError
 
 from gateway.admission import choose_model
 from gateway.audio import parse_caps
+from gateway.auth import principal_name
+from gateway.batch_quota import BatchQuota
 from gateway.formats import SNIFF_BYTES, sniff
 from gateway.http import RETRY_AFTER_S
+from gateway.logtext import printable
 from gateway.state import GATEWAY, Gateway
+from gateway.status import STATUS_INTERVAL_S, Cached
 from shared import jobs
 from shared.keys import BATCH_AUDIO_TTL_S
 from shared.protocol import (
     BadRequest,
     ErrorReply,
+    LimitExceeded,
     NoDecoderAvailable,
     Status,
     UnknownModel,
@@ -66,6 +77,8 @@ class _Rq:
 
     def __init__(self) -> None:
         self.connection: SyncRedis | None = None
+        #: the job counts ``/status`` shows, read at most once per status interval
+        self.counts: Cached[dict[str, int] | None] | None = None
 
     def get(self, gateway: Gateway) -> SyncRedis:
         if self.connection is None:
@@ -73,6 +86,8 @@ class _Rq:
         return self.connection
 
     async def close(self, app: web.Application) -> None:
+        if self.counts is not None:
+            await self.counts.close()
         if self.connection is not None:
             self.connection.close()
 
@@ -83,6 +98,7 @@ _RQ = web.AppKey("batch_rq", _Rq)
 def add_routes(app: web.Application) -> None:
     """Register the batch API on ``app`` (called by :func:`gateway.app.create_app`)."""
     app[_RQ] = rq = _Rq()
+    rq.counts = Cached(lambda: _job_counts(app), STATUS_INTERVAL_S)
     app.on_cleanup.append(rq.close)
     app.router.add_post(TRANSCRIPTIONS, handle_submit)
     app.router.add_get(TRANSCRIPTIONS + "/{id}", handle_get)
@@ -94,6 +110,18 @@ def _error(
     headers = {"Retry-After": str(RETRY_AFTER_S)} if retry_after else {}
     body = ErrorReply(status, message).serialize()
     return web.Response(status=code, text=body, content_type=_JSON, headers=headers)
+
+
+def _limited(exc: LimitExceeded) -> web.Response:
+    body = ErrorReply(Status.SERVICE_NOT_ALLOWED, str(exc)).serialize()
+    headers = {"Retry-After": str(exc.retry_after)}
+    return web.Response(status=429, text=body, content_type=_JSON, headers=headers)
+
+
+def _unavailable(exc: Exception) -> web.Response:
+    """Redis could not be reached: the detail goes to the log, not to the client."""
+    log.warning("batch: Redis unavailable: %s", exc)
+    return _error(503, "Redis unavailable; try again later", Status.NOT_AVAILABLE, retry_after=True)
 
 
 class _TooLarge(Exception):
@@ -136,8 +164,23 @@ async def handle_submit(request: web.Request) -> web.Response:
     settings = gateway.settings
     limit = settings.batch_max_bytes
     too_large = f"Upload larger than {limit} bytes (batch_max_bytes)"
-    if (request.content_length or 0) > limit and request.content_type != "multipart/form-data":
+    multipart = request.content_type == "multipart/form-data"
+    if (request.content_length or 0) > limit and not multipart:
         return _error(413, too_large)
+    quota = BatchQuota(
+        gateway.redis,
+        gateway.keys,
+        principal_name(),
+        max_jobs=settings.batch_key_max_jobs,
+        max_bytes=settings.batch_key_max_bytes,
+    )
+    if quota.active:  # before the upload is read
+        try:
+            await quota.check(0 if multipart else request.content_length or 0)
+        except LimitExceeded as exc:
+            return _limited(exc)
+        except (RedisError, OSError) as exc:
+            return _unavailable(exc)
     model = request.query.get("model", settings.model)
     try:
         data, content_type, filename = await _upload(request, limit)
@@ -159,25 +202,44 @@ async def handle_submit(request: web.Request) -> web.Response:
         audio_key=keys.batch_audio(job_id),
         filename=filename,
     )
+    stored = reserved = False
     try:
         await choose_model(
             gateway.redis, keys, model, default=settings.model, allowed=settings.models
         )
         await gateway.redis.set(request_.audio_key, data, ex=BATCH_AUDIO_TTL_S)
+        stored = True
+        if quota.active:  # the upload is stored first: a counted job always has it
+            await quota.reserve(job_id, len(data))
+            reserved = True
         rq = request.app[_RQ]
         await asyncio.to_thread(lambda: _enqueue(rq.get(gateway), gateway, job_id, request_))
+        stored = reserved = False  # the job owns them now
     except UnknownModel as exc:
         return _error(400, str(exc), Status.LANGUAGE_NOT_SUPPORTED)
     except NoDecoderAvailable:
-        message = f"No decoder serves model {model!r} now; try again later"
+        message = f"No decoder serves model {model[:64]!r} now; try again later"
         return _error(503, message, Status.NOT_AVAILABLE, retry_after=True)
+    except LimitExceeded as exc:
+        return _limited(exc)
     except RedisURLError as exc:
         return _error(503, str(exc), Status.NOT_AVAILABLE)
     except (RedisError, OSError) as exc:
-        log.warning("batch submit: Redis unavailable: %s", exc)
-        return _error(503, f"Redis unavailable: {exc}", Status.NOT_AVAILABLE)
+        return _unavailable(exc)
+    finally:
+        with suppress(RedisError, OSError):
+            if reserved:
+                await quota.release(job_id, len(data))
+            if stored:
+                await gateway.redis.delete(request_.audio_key)
     location = f"{TRANSCRIPTIONS}/{job_id}"
-    log.info("batch job %s queued: %d bytes, model %s", job_id, len(data), model)
+    log.info(
+        "batch job %s queued for %s: %d bytes, model %s",
+        job_id,
+        printable(quota.name),
+        len(data),
+        printable(model),
+    )
     return web.json_response(
         {"id": job_id, "state": "queued", "location": location},
         status=202,
@@ -214,14 +276,20 @@ async def handle_get(request: web.Request) -> web.Response:
     except RedisURLError as exc:
         return _error(503, str(exc), Status.NOT_AVAILABLE)
     except (RedisError, OSError) as exc:
-        return _error(503, f"Redis unavailable: {exc}", Status.NOT_AVAILABLE)
+        return _unavailable(exc)
     if doc is None:
         return _error(404, f"No transcription job {job_id!r} (never submitted, or expired)")
     return web.json_response(doc, dumps=to_json)
 
 
 async def job_counts(app: web.Application) -> dict[str, int] | None:
-    """Batch jobs by state for ``/status``; None when the queue cannot be read."""
+    """Batch jobs by state for ``/status`` (at most one read per status interval);
+    None when the queue cannot be read."""
+    counts = app[_RQ].counts
+    return await counts.get() if counts is not None else await _job_counts(app)
+
+
+async def _job_counts(app: web.Application) -> dict[str, int] | None:
     gateway = app[GATEWAY]
     rq = app[_RQ]
     try:

@@ -80,14 +80,30 @@ class GatewaySettings(CommonSettings):
     )
     cors_origins: str = setting(
         "*",
-        "origins allowed to call the HTTP API and open websockets from a browser: * or a "
-        "comma-separated list (the page's own origin is always allowed)",
+        "origins whose pages may read HTTP API replies (Access-Control-Allow-Origin): * or "
+        "a comma-separated list; a listed origin also passes the Origin check",
+    )
+    allowed_origins: str = setting(
+        "",
+        "origins, beside the gateway's own and those listed in --cors-origins, whose pages "
+        "may open websockets and call /client/ and /v1/ (others: 403); * allows any page",
+    )
+    allowed_hosts: str = setting(
+        "",
+        "names the Host header may carry (comma-separated; IP addresses and localhost "
+        "always pass; others: 421); empty: with auth off browsers must use an address or "
+        "localhost, with auth on no check; * turns the check off",
+    )
+    status_max_sockets: int = setting(
+        100, "concurrent /client/ws/status sockets per gateway (503 above); 0: unlimited"
     )
     queue_messages: bool = setting(
         False, 'while a session waits for a slot, send {"status":0,"queue":{"position":N}}'
     )
     idle_timeout: float = setting(
-        60.0, "seconds a client may send nothing before EOS; then status 2 and close; 0: off"
+        60.0,
+        "seconds of wall time a client may go without sending 0.5 s of audio before EOS "
+        "(a trickle counts as nothing); then status 2 and close; 0: off",
     )
     max_session_seconds: float = setting(
         7200.0, "longest session, wall-clock seconds from its claim; then status 2; 0: off"
@@ -108,6 +124,15 @@ class GatewaySettings(CommonSettings):
     token_secret: str = setting(
         "", "HMAC-SHA256 secret for signed tokens (JWT, HS256, claims sub and exp)"
     )
+    token_audience: str = setting(
+        "", "aud claim signed tokens must carry; empty: tokens carrying one are refused"
+    )
+    token_issuer: str = setting("", "iss claim signed tokens must carry; empty: not checked")
+    token_max_lifetime: float = setting(
+        86400.0,
+        "longest validity of a signed token, seconds (exp - iat, or exp - now without iat); "
+        "longer ones are refused; 0: no limit",
+    )
     key_max_sessions: int = setting(
         0, "concurrent sessions per API key or token subject; 0: unlimited"
     )
@@ -123,6 +148,27 @@ class GatewaySettings(CommonSettings):
     )
     batch_job_timeout: int = setting(
         3600, "seconds a batch job may run, waiting for a slot included, before it fails"
+    )
+    batch_key_max_jobs: int = setting(
+        20,
+        "batch jobs an API key (with auth off: all clients together) may have queued or "
+        "running; 429 above; 0: unlimited",
+    )
+    batch_key_max_bytes: int = setting(
+        512 * 1024 * 1024,
+        "bytes of uploads an API key (with auth off: all clients together) may have "
+        "waiting in batch jobs; 429 above; 0: unlimited",
+    )
+    reference_max_bytes: int = setting(
+        64 * 1024, "largest reference text POST /client/dynamic/reference accepts, bytes"
+    )
+    reference_max_count: int = setting(
+        1000,
+        "references kept per API key (with auth off: all clients together); past it the "
+        "least recently written is dropped; 0: unlimited",
+    )
+    reference_ttl: int = setting(
+        30 * 86400, "seconds an API key's references are kept after its last write; 0: forever"
     )
 
 

@@ -18,9 +18,12 @@ key                        type        purpose
 ``P:models``               hash        model id -> JSON info (sample rate) from workers
 ``P:live``                 zset        live session ids scored by creation time
 ``P:stats``                hash        counters: requests processed, rejects by reason
-``P:references``           hash        reference texts by content id (no expiry)
+``P:references``           hash        older gateways: every reference, shared; no longer read
 ``P:key:{name}:sessions``  zset        an API key's live sessions, scored by expiry (ms)
 ``P:key:{name}:audio:<w>`` string      audio seconds an API key sent in period ``w``
+``P:key:{name}:refs``      hash + TTL  an API key's reference texts by content id
+``P:key:{name}:refs:at``   zset + TTL  its content ids scored by last write (ms), for eviction
+``P:key:{name}:batch``     zset + TTL  its pending batch jobs, ``JOB:BYTES`` by expiry (s)
 ``P:batch:<id>:audio``     string      a batch job's upload, until the job ends
 ``rq:queue:P-batch``       rq          batch jobs (``rq info``), ``rq:job:<id>`` each
 =========================  ==========  ===================================================
@@ -33,11 +36,17 @@ from dataclasses import dataclass
 DEFAULT_PREFIX = "ksc"
 GROUP = "decoders"
 
-#: A worker whose heartbeat is older than this is considered gone.
-WORKER_TTL_S = 10
 #: How often a worker refreshes its heartbeat and the leases of its sessions.
 HEARTBEAT_INTERVAL_S = 1.0
-#: Session keys expire this long after the session ended (results stay readable).
+#: A worker counts as live (admission, readiness, status) while its last heartbeat, in
+#: Redis server time, is younger than this: five missed beats.
+WORKER_LIVE_S = 5.0
+#: A worker's heartbeat record expires (and leaves the index) this long after its last
+#: beat: what a worker killed without a goodbye leaves behind, for ``ksc status``.
+WORKER_TTL_S = 10
+#: Session keys expire this long after the session ended (results stay readable), and
+#: this long after the last sign of life of a session that is still running: its owner
+#: renews them with its lease every heartbeat, the gateway with every audio append.
 SESSION_TTL_S = 600
 #: An uploaded batch file not picked up by a job within this long is dropped.
 BATCH_AUDIO_TTL_S = 7 * 86400
@@ -85,8 +94,20 @@ class Keys:
 
     @property
     def references(self) -> str:
-        """Reference transcripts posted to ``/client/dynamic/reference``."""
+        """Every client's reference transcripts, as older gateways kept them (not read)."""
         return f"{self.prefix}:references"
+
+    def key_references(self, name: str) -> str:
+        """One API key's reference transcripts (hash: content id -> entry)."""
+        return f"{self.prefix}:key:{{{name}}}:refs"
+
+    def key_reference_times(self, name: str) -> str:
+        """When each of one API key's references was last written (zset, ms)."""
+        return f"{self.prefix}:key:{{{name}}}:refs:at"
+
+    def key_batch(self, name: str) -> str:
+        """One API key's pending batch jobs (zset: ``JOB_ID:BYTES`` scored by expiry, s)."""
+        return f"{self.prefix}:key:{{{name}}}:batch"
 
     @property
     def batch_queue(self) -> str:

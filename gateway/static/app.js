@@ -565,7 +565,10 @@ const status = {
   async poll() {
     clearTimeout(this.pollTimer);
     try {
-      const reply = await fetch(new URL("status", document.baseURI), { cache: "no-store" });
+      // /status needs the page's credential too when the gateway requires one.
+      const token = new URLSearchParams(window.location.search).get("token");
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const reply = await fetch(new URL("status", document.baseURI), { cache: "no-store", headers });
       if (!reply.ok) throw new Error(String(reply.status));
       this.snapshot = await reply.json();
       this.lastPoll = Date.now();

@@ -120,3 +120,35 @@ def test_readme_parameter_table_is_current() -> None:
         str(tool("python")), str(REPO / "scripts" / "helm-docs"), "--check", str(CHART), check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_gateway_answers_to_its_service_and_ingress_names(helm_template) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's Host check (DNS rebinding) must let through the names clients use:
+    the Service's in-cluster names and the Ingress host; other names get 421."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.origins import HostRule
+    from shared.config import GatewaySettings
+
+    docs = helm_template(CHART / "ci" / "keda-values.yaml")  # ingress on
+    (ingress,) = [d for d in docs if d["kind"] == "Ingress"]
+    (gateway,) = [
+        d for d in docs if d["metadata"]["name"].endswith("-gateway") and d["kind"] == "Deployment"
+    ]
+    env = {
+        e["name"]: e.get("value")
+        for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    rule = HostRule.from_settings(
+        GatewaySettings(allowed_hosts=env["KSC_ALLOWED_HOSTS"]), auth_on=False
+    )
+    service = gateway["metadata"]["name"]
+    namespace = gateway["metadata"]["namespace"]
+    good = [
+        ingress["spec"]["rules"][0]["host"],
+        service,
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+    for host in [*good, "evil.example", "10.0.0.7"]:
+        request = make_mocked_request("GET", "/", headers={"Host": f"{host}:8888"})
+        assert rule.allows(request) == (host != "evil.example"), host

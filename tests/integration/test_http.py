@@ -197,6 +197,7 @@ async def test_references_round_trip(running: Cluster) -> None:
             assert resp.status == 400
     assert one["content-id"] == cid and one["content"] == text and one["user_id"] == "tester"
     assert every[cid] == {k: one[k] for k in ("content", "user_id", "time")}
-    # Durable: a plain Redis hash, no expiry.
+    # Kept per key (auth off: everyone's together) for reference_ttl after the last write.
     redis = running.gateway.redis
-    assert await redis.ttl(f"{PREFIX}:references") == -1
+    assert await redis.hexists(KEYS.key_references("anonymous"), cid)
+    assert 0 < await redis.ttl(KEYS.key_references("anonymous")) <= 30 * 86400

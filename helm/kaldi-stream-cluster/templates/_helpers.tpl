@@ -52,6 +52,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-redis" (include "ksc.fullname" .)) .Values.redis.auth.existingSecret -}}
 {{- end -}}
 
+{{/*
+Host names the gateway answers to (its DNS-rebinding check, `KSC_ALLOWED_HOSTS`): the
+gateway Service's in-cluster names, the Ingress host when there is one, and
+gateway.allowedHosts. IP addresses and localhost always pass.
+*/}}
+{{- define "ksc.allowedHosts" -}}
+{{- $svc := printf "%s-gateway" (include "ksc.fullname" .) -}}
+{{- $hosts := list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) -}}
+{{- if .Values.gateway.ingress.enabled -}}
+{{- $hosts = append $hosts .Values.gateway.ingress.host -}}
+{{- end -}}
+{{- join "," (concat $hosts .Values.gateway.allowedHosts) -}}
+{{- end -}}
+
 {{- define "ksc.redisHost" -}}
 {{- printf "%s-redis" (include "ksc.fullname" .) -}}
 {{- end -}}
