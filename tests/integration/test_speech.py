@@ -18,7 +18,7 @@ from harness.scoring import cer, read_manifest
 from harness.speech import SENTENCE, assert_well_formed
 from ksc.client import speech_url, stream
 from shared import cluster
-from shared.keys import Keys
+from shared.keys import SESSION_TTL_S, Keys
 from tests.integration.conftest import PREFIX
 
 KEYS = Keys(PREFIX)
@@ -238,3 +238,32 @@ async def test_permessage_deflate_is_declined(empty_gateway: Cluster) -> None:
         async with websockets.connect(empty_gateway.ws + path, compression="deflate") as ws:
             assert ws.response is not None
             assert "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
+async def test_a_session_outlives_the_ttl_its_keys_were_created_with(
+    running: Cluster, espeak_wav
+) -> None:
+    """Issue 12: a session longer than SESSION_TTL_S lost its record mid-stream. Here the
+    keys' TTL is cut to 2 s while the session runs: its owner and the gateway renew it,
+    so the session ends as usual and its keys then live another SESSION_TTL_S."""
+    wav = espeak_wav(SENTENCE).read_bytes()
+    redis = running.gateway.redis
+    sid: list[str] = []
+
+    async def shorten() -> None:
+        while not sid:
+            for s in await cluster.sessions(redis, KEYS):
+                if s.state == "decoding":
+                    sid.append(s.id)
+            await asyncio.sleep(0.05)
+        for key in KEYS.session_keys(sid[0]):
+            await redis.expire(key, 2)
+
+    shortener = asyncio.create_task(shorten())
+    result = await stream(speech_url(running.ws), wav + wav, realtime=True)
+    await shortener
+    assert_well_formed(result.messages)
+    assert result.finals and result.close_code == 1000
+    assert all(m["status"] == 0 for m in result.messages), result.messages
+    for key in KEYS.session_keys(sid[0]):
+        assert await redis.ttl(key) > SESSION_TTL_S - 60, key

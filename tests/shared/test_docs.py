@@ -47,3 +47,27 @@ def test_every_compatibility_row_names_a_test_that_exists() -> None:
             )
             named += 1
     assert named >= 40
+
+
+def _named_tests(text: str) -> list[tuple[str, str]]:
+    """``path.py::name`` references in ``text``, a bare ``::name`` meaning the last path."""
+    refs, last = [], ""
+    for file, name in re.findall(r"`(tests/[\w/]+\.py)?::(\w+)`", text):
+        last = file or last
+        refs.append((last, name))
+    return refs
+
+
+@pytest.mark.parametrize("section", ["## Per-key limits", "## Bounds"])
+def test_every_bound_in_security_md_names_a_test_that_crosses_it(section: str) -> None:
+    """docs/security.md: each bound, a test that tries to cross it, and that test exists."""
+    doc = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    start = doc.index(section)
+    table = doc[start : doc.index("\n## ", start + 1)]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    for row in rows[1:]:  # the header row names no test
+        refs = _named_tests(row)
+        assert refs, f"no test named for: {row[:80]}"
+        for file, name in refs:
+            source = (REPO / file).read_text(encoding="utf-8")
+            assert re.search(rf"^(?:async )?def {name}\(", source, re.M), f"{file}::{name}"
