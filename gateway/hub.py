@@ -44,6 +44,8 @@ from shared.wire import (
 log = logging.getLogger(__name__)
 #: How long a new session waits for Redis to confirm its subscription.
 _SUBSCRIBE_TIMEOUT_S = 30.0
+#: An unconfirmed subscription is sent again after this long.
+_RESUBSCRIBE_S = 2.0
 
 
 class EventQueue:
@@ -125,10 +127,17 @@ class EventHub:
         self._queues[sid] = queue
         self._confirmed[channel] = confirmed
         try:
-            async with self._lock:
-                await self._pubsub.subscribe(channel)
             async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
-                await confirmed.wait()
+                # Sent again while unconfirmed: a SUBSCRIBE written just before the
+                # connection was renewed can be lost with it (Redis restarting).
+                while True:
+                    async with self._lock:
+                        await self._pubsub.subscribe(channel)
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(_RESUBSCRIBE_S):
+                            await confirmed.wait()
+                    if confirmed.is_set():
+                        break
         except TimeoutError:
             self._forget(sid)
             message = f"Redis did not confirm the subscription to {channel}"
