@@ -242,10 +242,13 @@ async def handle_vosk(request: web.Request) -> web.WebSocketResponse:
         sink.replies = VoskReplies(runner.core)  # before the runner reads the first frame
         await runner.run()
     except (SessionError, RedisError) as exc:  # before the runner: it reports its own
+        # Only its text and status outlive this block: the exception's traceback holds
+        # this frame, a cycle that kept the client's unread frames alive (see core.py).
         error = exc if isinstance(exc, SessionError) else Aborted(f"Redis unavailable: {exc}")
-        log.info("vosk session %s refused: %s", sid[:8], error)
-        status = status_for(error)
-        await _fail(ws, to_json({"error": str(error), "status": int(status)}), status)
+        message, status = str(error), status_for(error)
+        del error
+        log.info("vosk session %s refused: %s", sid[:8], message)
+        await _fail(ws, to_json({"error": message, "status": int(status)}), status)
     finally:
         if limits is not None:
             with suppress(RedisError, OSError):
