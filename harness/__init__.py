@@ -15,5 +15,9 @@ never import one another. Modules:
 * :mod:`harness.measure` — CPU, memory and percentiles, from ``/proc``;
 * :mod:`harness.failover` — a session whose owner is killed mid-stream;
 * :mod:`harness.fuzz` — hostile clients, and what counts as surviving them;
+* :mod:`harness.hostile` — the few heavy hostile clients a long run meets (bombs,
+  sockets that never send or trickle), each with its outcome and bound;
+* :mod:`harness.live` — live sessions of real recordings of any length, and their checks;
+* :mod:`harness.up` — ``ksc up`` as a user runs it: its children, faults, Ctrl-C;
 * :mod:`harness.multihost` — a cluster spread over network namespaces.
 """

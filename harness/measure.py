@@ -71,3 +71,16 @@ def tree_memory(pid: int) -> dict[str, Any]:
         "children": per_child,
         "total_pss_mb": parent["pss"] + sum(c["pss"] for c in per_child),
     }
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ``ys`` over ``xs`` (0.0 for fewer than two distinct xs):
+    how fast a sampled figure (memory over time) grows."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx

@@ -2,7 +2,8 @@
 
 Runs ``python -m benchmarks.run --smoke`` as ``make bench`` runs it: real Redis, a real
 gateway and worker, the real vosk server, real clients. It checks that every stage ran
-and produced what the figures are computed from, not what the figures are.
+and produced what the figures are computed from, not what the figures are. The soak
+(``python -m benchmarks.soak``) runs bounded to two minutes the same way.
 """
 
 from __future__ import annotations
@@ -72,7 +73,53 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path, prepared_model: object)
         assert (tmp_path / name).stat().st_size > 1000
 
 
-@pytest.mark.parametrize("module", ["benchmarks.vosk_server", "benchmarks.gateway_load"])
+SOAK_CHECKS = {
+    "finals_not_lost_or_duplicated",
+    "good_sessions_completed",
+    "restart_cut_sessions_ended",
+    "no_refusal_with_free_slot",
+    "rss_flat_after_warmup",
+    "redis_back_to_baseline",
+    "ended_session_keys_have_ttl",
+    "hostile_bounded",
+    "faults_recovered",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900 * UNIT)
+def test_soak_smoke_writes_every_check(tmp_path: Path, prepared_model: object) -> None:
+    """``python -m benchmarks.soak`` bounded to two minutes (two streams, faults and
+    hostile clients compressed into them, no TTL wait): it runs to its end and writes
+    every check with a verdict. A check may fail on the service (exit 1); the script
+    itself must not break (exit 2, a traceback, an interrupted run)."""
+    out = tmp_path / "soak.json"
+    argv = ["--minutes", "2", "--ttl-wait", "0", "--streams", "2", "--clips", "8"]
+    argv += ["--hostile-every", "8-12", "--key-check-every", "20", "--sample-every", "10"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", *argv, "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "KSC_CACHE": str(CACHE)},
+        capture_output=True,
+        text=True,
+        timeout=720 * UNIT,
+    )
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "interrupted" not in report, report.get("traceback")
+    assert set(report["checks"]) == SOAK_CHECKS
+    assert all(isinstance(c["pass"], bool) for c in report["checks"].values())
+    assert report["passed"] == (proc.returncode == 0)
+    assert "soak summary" in proc.stdout
+    # Every part of the run produced what its checks are computed from.
+    assert report["sessions"] and report["hostile"] and report["ttl_checks"]
+    assert {s["name"] for s in report["rss_samples"]} >= {"gateway", "redis"}
+    assert any("at_s" in f for f in report["faults"]), report["faults"]
+
+
+@pytest.mark.parametrize(
+    "module", ["benchmarks.vosk_server", "benchmarks.gateway_load", "benchmarks.soak"]
+)
 def test_entry_points_have_help(module: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True
