@@ -17,6 +17,7 @@ from harness.cluster import KSC, free_port, start_up
 from harness.env import CACHE, UNIT
 from harness.measure import children
 from ksc.client import transcribe_file
+from ksc.up.supervisor import STOP_GRACE_S
 
 
 def status(port: int) -> dict | None:  # type: ignore[type-arg]
@@ -57,7 +58,7 @@ def test_dead_and_hung_workers_are_replaced(redis_server: str, prepared_model: o
         assert len({first, second, third}) == 3
     finally:
         up.send_signal(signal.SIGINT)
-        up.communicate(timeout=60 * UNIT)
+        up.communicate(timeout=(STOP_GRACE_S + 30) * UNIT)
     assert up.returncode == 0
 
 
@@ -106,7 +107,7 @@ def test_ctrl_c_and_restart_on_the_persisted_redis(
         _until(first, "serving;")
         (worker,) = status(port)["workers"]  # type: ignore[index]
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in its terminal
-        first.communicate(timeout=60 * UNIT)
+        first.communicate(timeout=(STOP_GRACE_S + 30) * UNIT)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -137,5 +138,5 @@ def test_ctrl_c_and_restart_on_the_persisted_redis(
         assert transcribe_file(f"ws://127.0.0.1:{port}", clip).text
     finally:
         os.killpg(second.pid, signal.SIGINT)
-        second.communicate(timeout=60 * UNIT)
+        second.communicate(timeout=(STOP_GRACE_S + 30) * UNIT)
     assert second.returncode == 0
