@@ -31,8 +31,16 @@ def worker_procs(
     redis_server: str, prepared_model: object
 ) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     url = f"{redis_server}/0"
+    # No silence timeout here: it has its own worker in test_silence.py, and on these
+    # workers it would race the gateway's bounds on bombs of silence (test_bounds.py).
     procs = {
-        wid: start_worker(url, wid, prefix=PREFIX, metrics_port=METRICS_PORTS[wid])
+        wid: start_worker(
+            url,
+            wid,
+            prefix=PREFIX,
+            metrics_port=METRICS_PORTS[wid],
+            extra=("--silence-timeout", "0"),
+        )
         for wid in ("w1", "w2")
     }
     yield procs

@@ -73,8 +73,7 @@ async def strict_gw(running: Cluster) -> AsyncIterator[Cluster]:
 @pytest.fixture
 async def unbacked_gw(running: Cluster) -> AsyncIterator[Cluster]:
     """The shared cluster behind a gateway without a backlog bound: what stops a bomb
-    there is the expansion bound alone (with the backlog bound, the worker's silence
-    timeout would end a bomb of silence first)."""
+    there is the expansion bound alone, not the pace of the worker."""
     settings = gateway_settings(running.redis_url, max_backlog_seconds=0)
     async with serve(settings) as (gateway, port):
         yield Cluster(running.redis_url, gateway, port, running.workers)
