@@ -113,8 +113,13 @@ async def choose_model(
 
     The allow-list is the ``models`` setting when it is set (plus the default model),
     otherwise every id a live worker serves (plus the default). An id outside it is
-    status 8, so a client can tell "no such model" from "busy" (status 9, also for an
-    allowed id whose workers are all gone or not yet registered).
+    status 8, so a client can tell "no such model" from "busy" (status 9).
+
+    An allowed id no worker has registered yet (its decoders are scaled to zero, or
+    Redis lost the registry) is still a model: its session is enqueued like any other,
+    so that the queue's lag can start a decoder, and :func:`admit` decides between
+    waiting and status 9 by the free slots. Its audio is prepared at
+    :data:`~shared.cluster.MODEL_SAMPLE_RATE`, the only rate a worker decodes.
     """
     if allowed.strip():
         names = {m.strip() for m in allowed.split(",") if m.strip()} | {default}
@@ -125,7 +130,7 @@ async def choose_model(
         raise UnknownModel(f"Unknown model {model_id[:64]!r}; available: {offered}")
     model = await cluster.model(redis, keys, model_id)
     if model is None:
-        raise NoDecoderAvailable()
+        return cluster.ModelInfo(id=model_id, sample_rate=cluster.MODEL_SAMPLE_RATE)
     return model
 
 

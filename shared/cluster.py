@@ -56,6 +56,12 @@ class SessionInfo:
     takeovers: int
 
 
+#: The rate every model a worker serves decodes at: kaldi-active-grammar takes 16 kHz
+#: only, and ``ksc model prepare`` refuses a model of another rate. Admission assumes it
+#: for a model no worker has registered yet (decoders scaled to zero, Redis emptied).
+MODEL_SAMPLE_RATE = 16000
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     id: str

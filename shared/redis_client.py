@@ -11,7 +11,12 @@ URL schemes (the Helm chart renders all of them into ``KSC_REDIS_URL``)::
 With Sentinel the password is sent to the master and its replicas and, by default, to
 the sentinels too (Bitnami-style deployments protect both with one password);
 ``?sentinel_password=OTHER`` gives the sentinels their own, ``?sentinel_password=``
-(empty) none.
+(empty) none. The user name is the master's only: sentinels protected by an ACL user
+of their own get it with ``?sentinel_username=NAME``.
+
+Over TLS the server's certificate is checked against the system's CAs, or against the
+CA bundle ``?ssl_ca_certs=/path/ca.crt`` names (every scheme; with Sentinel it checks
+the sentinels and the master alike).
 
 Every client retries a command that failed on a broken or refused connection, with
 exponential backoff (:data:`RETRIES` attempts, at most :data:`BACKOFF_CAP_S` apart:
@@ -106,6 +111,10 @@ class RedisTarget:
     master: str = ""
     #: Sentinel only: the sentinels' own password (``None``: none).
     sentinel_password: str | None = None
+    #: Sentinel only: the sentinels' own ACL user (``None``: the default user).
+    sentinel_username: str | None = None
+    #: TLS only: a CA bundle to check the server's certificate with (``None``: the system's).
+    ssl_ca_certs: str | None = None
     #: Standalone only: the URL as given, for :meth:`Redis.from_url` (query options too).
     url: str = field(default="", repr=False)
 
@@ -144,16 +153,18 @@ def parse_url(url: str) -> RedisTarget:
     kind, tls = _SCHEMES[scheme]
     # urlsplit rejects nothing but cannot parse a host list as a port: split by hand.
     rest = url.split("://", 1)[1]
-    location, _, tail = rest.partition("/")
+    # The hosts end at the first "/" (a path) or "?" (options, which may hold paths:
+    # ?ssl_ca_certs=/etc/…), whichever comes first.
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    location, tail = rest[:cut], rest[cut:]
     path, _, query = tail.partition("?")
-    if "?" in location:  # redis+cluster://h:p?opt=… (no path)
-        location, _, query = location.partition("?")
     userinfo, _, netloc = location.rpartition("@")
     username = password = None
     if userinfo:
         user, sep, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if sep else None
+    options = parse_qs(query, keep_blank_values=True)
     if kind == "standalone":
         parts = urlsplit(url)
         port = parts.port or 6379  # also validates the port
@@ -164,15 +175,16 @@ def parse_url(url: str) -> RedisTarget:
             username,
             password,
             _db(path.strip("/")),
+            ssl_ca_certs=_option(options, "ssl_ca_certs"),  # redis-py reads it from url
             url=url,
         )
     hosts = _hosts(netloc, 26379 if kind == "sentinel" else 6379)
     segments = [s for s in path.split("/") if s]
-    options = parse_qs(query, keep_blank_values=True)
+    ca = _option(options, "ssl_ca_certs")
     if kind == "cluster":
         if segments and segments != ["0"]:
             raise RedisURLError("Redis Cluster has only database 0")
-        return RedisTarget(kind, tls, hosts, username, password)
+        return RedisTarget(kind, tls, hosts, username, password, ssl_ca_certs=ca)
     if not segments or len(segments) > 2:
         raise RedisURLError(f"a Sentinel URL needs /MASTER_NAME[/DB] after the hosts: {url!r}")
     sentinel_password = password
@@ -187,7 +199,15 @@ def parse_url(url: str) -> RedisTarget:
         _db(segments[1] if len(segments) > 1 else ""),
         master=unquote(segments[0]),
         sentinel_password=sentinel_password,
+        sentinel_username=_option(options, "sentinel_username"),
+        ssl_ca_certs=ca,
     )
+
+
+def _option(options: dict[str, list[str]], name: str) -> str | None:
+    """A URL query option's last value; absent or empty: ``None``."""
+    values = options.get(name)
+    return values[-1] or None if values else None
 
 
 def _keepalive_options() -> dict[int, int]:
@@ -236,7 +256,11 @@ def connect(url: str) -> Redis:
         )
         return Redis.from_pool(pool)
     auth: dict[str, Any] = {"username": target.username, "password": target.password}
-    tls: dict[str, Any] = {"ssl": True} if target.tls else {}
+    tls: dict[str, Any] = {}
+    if target.tls:
+        tls = {"ssl": True}
+        if target.ssl_ca_certs:
+            tls["ssl_ca_certs"] = target.ssl_ca_certs
     if target.kind == "cluster":
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
@@ -250,7 +274,12 @@ def connect(url: str) -> Redis:
     }
     sentinel = Sentinel(
         list(target.hosts),
-        sentinel_kwargs={**sentinel_options, **tls, "password": target.sentinel_password},
+        sentinel_kwargs={
+            **sentinel_options,
+            **tls,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+        },
         **tls,
     )
     client = cast(

@@ -27,6 +27,9 @@ KEDA_NODE_MODULES = BIN.parent / "tools" / "keda" / "node_modules"
 KUBERNETES_VERSION = "1.30.0"
 RELEASE, NAMESPACE = "ksc", "ksc"
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+# What a cluster with KEDA and the Prometheus Operator reports (the chart's capability
+# checks); `helm template` knows only the built-in kinds without them.
+API_VERSIONS = ("keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor")
 
 
 def tool(name: str) -> str:
@@ -55,10 +58,12 @@ def docs_of(text: str) -> list[dict[str, Any]]:
 def helm_template() -> Callable[..., list[dict[str, Any]]]:
     cache: dict[tuple[str, ...], list[dict[str, Any]]] = {}
 
-    def render(*values_files: str | Path) -> list[dict[str, Any]]:
-        key = tuple(str(v) for v in values_files)
+    def render(*values_files: str | Path, sets: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        key = (*(str(v) for v in values_files), *sets)
         if key not in cache:
             args = [arg for v in values_files for arg in ("-f", str(v))]
+            args += [arg for s in sets for arg in ("--set", s)]
+            args += [arg for a in API_VERSIONS for arg in ("--api-versions", a)]
             out = run(tool("helm"), "template", RELEASE, str(CHART), "-n", NAMESPACE, *args).stdout
             cache[key] = docs_of(out)
         return cache[key]

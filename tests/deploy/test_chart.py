@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import (
+    API_VERSIONS,
     CHART,
     KUBERNETES_VERSION,
     REPO,
@@ -39,22 +40,32 @@ def test_scenario_renders_valid_objects(helm_template, values: Path | None) -> N
     assert ("ScaledObject" in kinds) == (mode == "keda")
     for doc in docs:
         if doc["kind"] in {"Deployment", "StatefulSet"}:
-            _check_pod_security(doc)
+            _check_pod_security(doc["spec"]["template"]["spec"])
+        if doc["kind"] == "Pod":
+            _check_pod_security(doc["spec"])
         if doc["kind"] == "ServiceMonitor":
             assert doc["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
-def _check_pod_security(doc: dict) -> None:  # type: ignore[type-arg]
-    pod = doc["spec"]["template"]["spec"]
+def _check_pod_security(pod: dict) -> None:  # type: ignore[type-arg]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
-    for c in pod["containers"]:
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])
         assert "limits" in c["resources"] and "requests" in c["resources"]
+        # podman kube play (and any runtime) runs a command by path, not through $PATH.
+        for command in (
+            c.get("command"),
+            c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command"),
+        ):
+            assert command is None or command[0].startswith("/"), (c["name"], command)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = c.get(probe, {}).get("exec", {}).get("command")
+            assert command is None or command[0].startswith("/"), (c["name"], probe, command)
 
 
 def test_two_models_get_a_decoder_and_scaler_each(helm_template) -> None:  # type: ignore[no-untyped-def]
@@ -105,14 +116,59 @@ def test_image_tag_defaults_to_app_version(helm_template) -> None:  # type: igno
         ("zero-without-wait.yaml", "needs gateway.admissionWait > 0"),
         ("sentinel-without-addresses.yaml", "redis.mode=sentinel needs redis.sentinel.addresses"),
         ("hpa-zero.yaml", "replicas=0 needs autoscaling.mode=keda"),
+        ("internal-without-auth.yaml", "runs in protected mode"),
+        ("password-in-url.yaml", "redis.external.url carries a password"),
+        ("tls-with-plain-url.yaml", "needs a TLS URL in redis.external.url (rediss://"),
+        ("tls-internal.yaml", "redis.tls applies to an external Redis"),
+        ("model-volume-elsewhere.yaml", "models[en].volume is mounted at /models/en"),
+        ("username-with-at.yaml", "username"),  # caught by values.schema.json
     ],
 )
 def test_invalid_values_fail_with_a_message(values: str, message: str) -> None:
+    apis = [arg for a in API_VERSIONS for arg in ("--api-versions", a)]
     proc = run(
-        tool("helm"), "template", "ksc", str(CHART), "-f", str(INVALID / values), check=False
+        tool("helm"),
+        "template",
+        "ksc",
+        str(CHART),
+        "-f",
+        str(INVALID / values),
+        *apis,
+        check=False,
     )
     assert proc.returncode != 0
-    assert message in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "missing"),
+    [
+        ([], "keda.sh/v1alpha1 ScaledObject"),
+        (
+            ["autoscaling.mode=hpa", "metrics.serviceMonitor.enabled=true"],
+            "monitoring.coreos.com/v1 ServiceMonitor",
+        ),
+    ],
+)
+def test_a_missing_crd_stops_the_render_with_a_message(sets: list[str], missing: str) -> None:
+    """Without KEDA (or the Prometheus Operator) in the cluster, `helm install` says so
+    instead of failing on "no matches for kind"; `capabilityChecks=false` renders anyway
+    (GitOps, `helm template` without a cluster)."""
+    args = [arg for s in sets for arg in ("--set", s)]
+    proc = run(tool("helm"), "template", "ksc", str(CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert "this cluster has no" in proc.stderr and missing in proc.stderr, proc.stderr
+    unchecked = run(
+        tool("helm"), "template", "ksc", str(CHART), *args, "--set", "capabilityChecks=false"
+    )
+    kind = missing.split()[-1]
+    assert f"kind: {kind}" in unchecked.stdout
+
+
+def test_values_accept_global(helm_template) -> None:  # type: ignore[no-untyped-def]
+    """A parent chart passes `global` to its subcharts; the schema must let it in."""
+    docs = helm_template(sets=("global.imageRegistry=registry.example.com",))
+    assert any(d["kind"] == "Deployment" for d in docs)
 
 
 def test_readme_parameter_table_is_current() -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from gateway.queues import QueueKeeper, admitted_models
 from shared import cluster
+from shared.config import GatewaySettings
 from shared.keys import GROUP, Keys
 from tests.deploy.conftest import CHART, validate_keda
 
@@ -172,7 +174,7 @@ async def test_scaling_from_live_redis_matches_the_documented_rule(
     waiting: int,
     decoding: int,  # type: ignore[no-untyped-def]
 ) -> None:
-    (so,) = scaled_objects(helm_template(*([CHART / "ci" / values] if values else [])))
+    so = scaled_objects(helm_template(*([CHART / "ci" / values] if values else [])))[0]
     triggers = {t["name"]: t["metadata"] for t in so["spec"]["triggers"]}
     stream, group = triggers["waiting"]["stream"], triggers["waiting"]["consumerGroup"]
     assert "lagCount" in triggers["waiting"] and "pendingEntriesCount" in triggers["decoding"]
@@ -226,3 +228,78 @@ async def test_a_wrong_lag_cannot_fool_the_trigger_for_long(redis, helm_template
     per_pod = int(so["spec"]["advanced"]["scalingModifiers"]["target"])
     lo, hi = so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]
     assert keda_replicas(so, metrics, current=1) == documented_rule(2, 4, per_pod, lo, hi)
+
+
+def _gateway_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (gateway,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway")
+    ]
+    env = gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if "value" in e}
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.stem if v else "default")
+def test_activation_settings_every_keda_from_2_12_accepts(helm_template, values) -> None:  # type: ignore[no-untyped-def]
+    """KEDA up to 2.15 requires ``activationLagCount`` next to ``lagCount``; 2.16.0 and
+    2.16.1 also refuse "0" ("activationLagCount required for Redis lag", kedacore/keda
+    #6478, fixed by #6481). Activation is decided by ``scalingModifiers.activationTarget``
+    on the composite value, so the triggers' own value changes nothing: it is "1"."""
+    for so in scaled_objects(helm_template(*([values] if values else []))):
+        for trigger in so["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            if "lagCount" in meta:
+                assert int(meta["activationLagCount"]) != 0, so["metadata"]["name"]
+            else:
+                assert "activationLagCount" not in meta
+        mod = so["spec"]["advanced"]["scalingModifiers"]
+        assert float(mod["activationTarget"]) >= 0 and mod["metricType"] == "AverageValue"
+
+
+def test_fallback_and_initial_cooldown(helm_template) -> None:  # type: ignore[no-untyped-def]
+    """Redis unreadable for KEDA: decoders go to the fallback count (from zero too),
+    never below the model's `replicas`; a new ScaledObject waits before scaling to zero."""
+    (default,) = scaled_objects(helm_template())
+    assert default["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 1}
+    assert default["spec"]["initialCooldownPeriod"] == 300
+    zero = scaled_objects(helm_template(CHART / "ci" / "keda-zero-values.yaml"))
+    assert [so["spec"]["minReplicaCount"] for so in zero] == [0, 0]
+    assert [so["spec"]["fallback"]["replicas"] for so in zero] == [2, 2]
+    assert {so["spec"]["initialCooldownPeriod"] for so in zero} == {600}
+    off = scaled_objects(
+        helm_template(
+            sets=(
+                "autoscaling.keda.fallback.replicas=0",
+                "autoscaling.keda.initialCooldownPeriod=0",
+            )
+        )
+    )
+    assert "fallback" not in off[0]["spec"] and "initialCooldownPeriod" not in off[0]["spec"]
+
+
+@pytest.mark.parametrize(
+    "values", ["keda-zero-values.yaml", "two-models-values.yaml", "own-model-values.yaml"]
+)
+async def test_the_gateway_keeps_a_group_for_every_scaled_model(
+    redis,
+    helm_template,
+    values: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """Redis lost its data and no decoder runs: the gateways (configured by the chart)
+    create every model's stream and group, so KEDA's lag trigger reads 0 (then the real
+    lag), never fails with NOGROUP, and a session for any model can start a decoder."""
+    docs = helm_template(CHART / "ci" / values)
+    env = _gateway_env(docs)
+    settings = GatewaySettings(model=env["KSC_MODEL"], models=env["KSC_MODELS"])
+    streams = {
+        t["metadata"]["stream"] for so in scaled_objects(docs) for t in so["spec"]["triggers"]
+    }
+    keys = Keys(env["KSC_PREFIX"])
+    models = admitted_models(settings.model, settings.models)
+    assert {keys.sessions(m) for m in models} == streams
+    for stream in streams:
+        assert not await redis.exists(stream)
+    await QueueKeeper(redis, keys, models).keep_once()
+    for stream in streams:
+        (group,) = await redis.xinfo_groups(stream)
+        assert group["name"].decode() == GROUP
+        assert await keda_lag(redis, stream, GROUP) == 0

@@ -44,6 +44,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.gateway.repository (default .Chart.AppVersion .Values.image.gateway.tag) -}}
 {{- end -}}
 
+{{- define "ksc.modelPrepImage" -}}
+{{- printf "%s:%s" .Values.image.modelPrep.repository (default .Chart.AppVersion .Values.image.modelPrep.tag) -}}
+{{- end -}}
+
 {{- define "ksc.workerImage" -}}
 {{- printf "%s:%s" .Values.image.worker.repository (default .Chart.AppVersion .Values.image.worker.tag) -}}
 {{- end -}}
@@ -66,30 +70,100 @@ gateway.allowedHosts. IP addresses and localhost always pass.
 {{- join "," (concat $hosts .Values.gateway.allowedHosts) -}}
 {{- end -}}
 
+{{/* Every model id of the release, comma-separated: the gateway's allow-list (KSC_MODELS). */}}
+{{- define "ksc.modelIds" -}}
+{{- $ids := list -}}
+{{- range .Values.models }}{{ $ids = append $ids .id }}{{ end -}}
+{{- join "," $ids -}}
+{{- end -}}
+
 {{- define "ksc.redisHost" -}}
 {{- printf "%s-redis" (include "ksc.fullname" .) -}}
 {{- end -}}
 
-{{/* "redis://host:6379/0" -> "redis://:$(REDIS_PASSWORD)@host:6379/0" when auth is on. */}}
-{{- define "ksc.withPassword" -}}
-{{- $parts := splitn "://" 2 .url -}}
-{{- if .auth -}}
-{{- printf "%s://:$(REDIS_PASSWORD)@%s" $parts._0 $parts._1 -}}
-{{- else -}}
-{{- .url -}}
+{{/*
+An external URL taken apart: scheme, the user name it carries (if any), the host list
+and the rest (path and options). A password in the URL is refused by ksc.validate: it
+comes from the Secret, so that KEDA and the pods read the same one.
+*/}}
+{{- define "ksc.urlParts" -}}
+{{- $parts := splitn "://" 2 . -}}
+{{- $rest := $parts._1 | default "" -}}
+{{- $authority := regexFind "^[^/?]*" $rest -}}
+{{- $tail := trimPrefix $authority $rest -}}
+{{- $user := "" -}}
+{{- $hosts := $authority -}}
+{{- if contains "@" $authority -}}
+{{- $at := splitList "@" $authority -}}
+{{- $hosts = last $at -}}
+{{- $user = join "@" (initial $at) -}}
+{{- end -}}
+{{- toJson (dict "scheme" $parts._0 "user" $user "hosts" $hosts "tail" $tail) -}}
+{{- end -}}
+
+{{/* The Redis ACL user of the pods and KEDA: redis.auth.username, else the URL's. */}}
+{{- define "ksc.redisUsername" -}}
+{{- $r := .Values.redis -}}
+{{- if $r.auth.username -}}
+{{- $r.auth.username -}}
+{{- else if and (has $r.mode (list "standalone" "cluster")) $r.external.url -}}
+{{- (include "ksc.urlParts" $r.external.url | fromJson).user -}}
 {{- end -}}
 {{- end -}}
 
-{{/* KSC_REDIS_URL as the pods see it (the password comes from $(REDIS_PASSWORD)). */}}
+{{/* Where the pods find the CA certificate of an external Redis with TLS. */}}
+{{- define "ksc.redisCaPath" -}}
+{{- printf "/etc/ksc/redis-tls/%s" .Values.redis.tls.caSecretKey -}}
+{{- end -}}
+
+{{- define "ksc.redisTls" -}}
+{{- $r := .Values.redis -}}
+{{- if and (ne $r.mode "internal") (or $r.tls.enabled (hasPrefix "rediss" $r.external.url)) }}true{{ end -}}
+{{- end -}}
+
+{{/*
+KSC_REDIS_URL as the pods see it: scheme://[user][:$(REDIS_PASSWORD)]@hosts/path?options.
+The password comes from $(REDIS_PASSWORD), which Kubernetes expands from the Secret (so
+it must be URL-safe); the user name is checked to be URL-safe by values.schema.json.
+*/}}
 {{- define "ksc.redisUrl" -}}
 {{- $r := .Values.redis -}}
-{{- if eq $r.mode "internal" -}}
-{{- include "ksc.withPassword" (dict "url" (printf "redis://%s:6379/0" (include "ksc.redisHost" .)) "auth" $r.auth.enabled) -}}
-{{- else if eq $r.mode "sentinel" -}}
-{{- include "ksc.withPassword" (dict "url" (printf "redis+sentinel://%s/%s/%d" (join "," $r.sentinel.addresses) $r.sentinel.masterName (int $r.sentinel.db)) "auth" $r.auth.enabled) -}}
-{{- else -}}
-{{- include "ksc.withPassword" (dict "url" $r.external.url "auth" $r.auth.enabled) -}}
+{{- $tls := include "ksc.redisTls" . -}}
+{{- $scheme := "redis" -}}
+{{- $hosts := printf "%s:6379" (include "ksc.redisHost" .) -}}
+{{- $tail := "/0" -}}
+{{- $options := list -}}
+{{- if eq $r.mode "sentinel" -}}
+{{- $scheme = ternary "rediss+sentinel" "redis+sentinel" (eq $tls "true") -}}
+{{- $hosts = join "," $r.sentinel.addresses -}}
+{{- $tail = printf "/%s/%d" $r.sentinel.masterName (int $r.sentinel.db) -}}
+{{- if and $r.auth.enabled (not $r.sentinel.usePassword) -}}
+{{- $options = append $options "sentinel_password=" -}}
 {{- end -}}
+{{- if $r.sentinel.username -}}
+{{- $options = append $options (printf "sentinel_username=%s" $r.sentinel.username) -}}
+{{- end -}}
+{{- else if ne $r.mode "internal" -}}
+{{- $url := include "ksc.urlParts" $r.external.url | fromJson -}}
+{{- $scheme = $url.scheme -}}
+{{- $hosts = $url.hosts -}}
+{{- $tail = $url.tail -}}
+{{- end -}}
+{{- if and (eq $tls "true") $r.tls.caSecret -}}
+{{- $options = append $options (printf "ssl_ca_certs=%s" (include "ksc.redisCaPath" .)) -}}
+{{- end -}}
+{{- $user := include "ksc.redisUsername" . -}}
+{{- $credentials := "" -}}
+{{- if $r.auth.enabled -}}
+{{- $credentials = printf "%s:$(REDIS_PASSWORD)@" $user -}}
+{{- else if $user -}}
+{{- $credentials = printf "%s@" $user -}}
+{{- end -}}
+{{- $url := printf "%s://%s%s%s" $scheme $credentials $hosts $tail -}}
+{{- if $options -}}
+{{- $url = printf "%s%s%s" $url (ternary "&" "?" (contains "?" $tail)) (join "&" $options) -}}
+{{- end -}}
+{{- $url -}}
 {{- end -}}
 
 {{/* KEDA's address(es): host:port list, reachable from KEDA's namespace. */}}
@@ -102,9 +176,7 @@ gateway.allowedHosts. IP addresses and localhost always pass.
 {{- else if $r.external.kedaAddress -}}
 {{- $r.external.kedaAddress -}}
 {{- else -}}
-{{- $rest := (splitn "://" 2 $r.external.url)._1 -}}
-{{- $hosts := (splitList "/" $rest | first) -}}
-{{- splitList "@" $hosts | last -}}
+{{- (include "ksc.urlParts" $r.external.url | fromJson).hosts -}}
 {{- end -}}
 {{- end -}}
 
@@ -112,9 +184,8 @@ gateway.allowedHosts. IP addresses and localhost always pass.
 {{- define "ksc.redisDb" -}}
 {{- $r := .Values.redis -}}
 {{- if eq $r.mode "standalone" -}}
-{{- $rest := (splitn "://" 2 $r.external.url)._1 -}}
-{{- $path := splitList "/" $rest -}}
-{{- if and (gt (len $path) 1) (ne (index $path 1) "") -}}{{ index $path 1 }}{{- else -}}0{{- end -}}
+{{- $db := regexFind "^/[0-9]+" (include "ksc.urlParts" $r.external.url | fromJson).tail -}}
+{{- default "0" (trimPrefix "/" $db) -}}
 {{- else if eq $r.mode "sentinel" -}}
 {{- $r.sentinel.db -}}
 {{- else -}}
@@ -122,7 +193,17 @@ gateway.allowedHosts. IP addresses and localhost always pass.
 {{- end -}}
 {{- end -}}
 
-{{/* REDIS_PASSWORD first, so that KSC_REDIS_URL can expand it. */}}
+{{/* Whether KEDA needs a TriggerAuthentication: a password, or a CA to check Redis with. */}}
+{{- define "ksc.kedaAuth" -}}
+{{- $r := .Values.redis -}}
+{{- if or $r.auth.enabled (and (include "ksc.redisTls" .) $r.tls.caSecret) }}true{{ end -}}
+{{- end -}}
+
+{{/*
+Redis settings every pod gets. REDIS_PASSWORD first, so that KSC_REDIS_URL can expand
+it; REDIS_USERNAME and REDIS_SENTINEL_USERNAME are also where KEDA reads the user names
+(`usernameFromEnv`, from the decoder Deployment).
+*/}}
 {{- define "ksc.redisEnv" -}}
 {{- if .Values.redis.auth.enabled }}
 - name: REDIS_PASSWORD
@@ -137,6 +218,34 @@ gateway.allowedHosts. IP addresses and localhost always pass.
   value: {{ .Values.prefix | quote }}
 - name: KSC_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+{{- with include "ksc.redisUsername" . }}
+- name: REDIS_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- if and (eq .Values.redis.mode "sentinel") .Values.redis.sentinel.username }}
+- name: REDIS_SENTINEL_USERNAME
+  value: {{ .Values.redis.sentinel.username | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The CA certificate of an external Redis with TLS: volume and mount. */}}
+{{- define "ksc.redisTlsVolume" -}}
+{{- if and (include "ksc.redisTls" .) .Values.redis.tls.caSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.tls.caSecret }}
+    items:
+      - key: {{ .Values.redis.tls.caSecretKey }}
+        path: {{ .Values.redis.tls.caSecretKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "ksc.redisTlsMount" -}}
+{{- if and (include "ksc.redisTls" .) .Values.redis.tls.caSecret }}
+- name: redis-tls
+  mountPath: /etc/ksc/redis-tls
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* True when some decoder may run with zero pods. */}}
@@ -158,8 +267,25 @@ gateway.allowedHosts. IP addresses and localhost always pass.
 {{- if and (eq $r.mode "standalone") $r.external.url (not (regexMatch "^rediss?://" $r.external.url)) -}}
 {{- fail "redis.mode=standalone needs a redis:// or rediss:// URL in redis.external.url" -}}
 {{- end -}}
-{{- if and (eq $r.mode "cluster") (not (regexMatch "^redis\\+cluster://" $r.external.url)) -}}
-{{- fail "redis.mode=cluster needs a redis+cluster://host:port[,host:port] URL in redis.external.url" -}}
+{{- if and (eq $r.mode "cluster") (not (regexMatch "^rediss?\\+cluster://" $r.external.url)) -}}
+{{- fail "redis.mode=cluster needs a redis+cluster:// or rediss+cluster://host:port[,host:port] URL in redis.external.url" -}}
+{{- end -}}
+{{- if and (has $r.mode (list "standalone" "cluster")) $r.external.url -}}
+{{- $url := include "ksc.urlParts" $r.external.url | fromJson -}}
+{{- if contains ":" $url.user -}}
+{{- fail "redis.external.url carries a password: leave it out (the pods and KEDA read it from the Secret, redis.auth) and give the user name alone, or in redis.auth.username" -}}
+{{- end -}}
+{{- if and $r.tls.enabled (not (hasPrefix "rediss" $url.scheme)) -}}
+{{- fail (printf "redis.tls.enabled needs a TLS URL in redis.external.url (%s://…, not %s://…)" (replace "redis" "rediss" $url.scheme) $url.scheme) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $r.mode "internal" -}}
+{{- if not $r.auth.enabled -}}
+{{- fail "the internal Redis needs redis.auth.enabled: it runs in protected mode, which refuses clients without a password" -}}
+{{- end -}}
+{{- if $r.tls.enabled -}}
+{{- fail "redis.tls applies to an external Redis (redis.mode standalone, sentinel or cluster); the internal one is reached only by this release's pods (networkPolicy)" -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq $r.mode "sentinel") (not $r.sentinel.addresses) -}}
 {{- fail "redis.mode=sentinel needs redis.sentinel.addresses" -}}
@@ -194,6 +320,20 @@ gateway.allowedHosts. IP addresses and localhost always pass.
 {{- end -}}
 {{- if and (include "ksc.scalesToZero" .) (eq (float64 .Values.gateway.admissionWait) 0.0) -}}
 {{- fail "a decoder with replicas=0 (scale to zero) needs gateway.admissionWait > 0: with 0 the gateway refuses (status 9) before any session is queued, so KEDA never sees one" -}}
+{{- end -}}
+{{- if and .Values.capabilityChecks (eq $mode "keda") (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) -}}
+{{- fail "autoscaling.mode=keda, but this cluster has no KEDA (no keda.sh/v1alpha1 ScaledObject): install KEDA first (docs/deploy.md), or use autoscaling.mode=hpa. Rendering without a cluster (helm template)? Add --api-versions keda.sh/v1alpha1/ScaledObject, or set capabilityChecks=false" -}}
+{{- end -}}
+{{- if and .Values.capabilityChecks .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor")) -}}
+{{- fail "metrics.serviceMonitor.enabled, but this cluster has no Prometheus Operator (no monitoring.coreos.com/v1 ServiceMonitor): install it, or turn metrics.serviceMonitor.enabled off. Rendering without a cluster (helm template)? Add --api-versions monitoring.coreos.com/v1/ServiceMonitor, or set capabilityChecks=false" -}}
+{{- end -}}
+{{- range .Values.models -}}
+{{- if and .volume (not (hasPrefix (printf "/models/%s" .id) .source)) -}}
+{{- fail (printf "models[%s].volume is mounted at /models/%s: its source must be that directory or one below it (got %q)" .id .id .source) -}}
+{{- end -}}
+{{- if and .prepare (not (hasPrefix "/" .source)) -}}
+{{- fail (printf "models[%s].prepare prepares a model directory: source must be an absolute path (got %q)" .id .source) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.gateway.defaultModel (not (has .Values.gateway.defaultModel $ids)) -}}
 {{- fail (printf "gateway.defaultModel %q is not among models[].id" .Values.gateway.defaultModel) -}}
