@@ -15,6 +15,8 @@ import urllib.request
 from typing import Any
 
 from ksc.client import Transcript
+from ksc.endpoints import GatewayUrl
+from shared.wire import word_alignment
 
 
 class SubmitError(Exception):
@@ -27,12 +29,9 @@ class SubmitError(Exception):
 
 
 def http_base(url: str) -> str:
-    """``ws://host:port`` (the CLI's default form) -> ``http://host:port``."""
-    url = url.rstrip("/")
-    for ws, http in (("wss://", "https://"), ("ws://", "http://")):
-        if url.startswith(ws):
-            return http + url[len(ws) :]
-    return url
+    """The gateway's HTTP base for any form of its address (:mod:`ksc.endpoints`):
+    ``ws://host:port`` (the CLI's default form) -> ``http://host:port``."""
+    return GatewayUrl.parse(url).http()
 
 
 def _call(request: urllib.request.Request) -> dict[str, Any]:
@@ -79,15 +78,17 @@ def as_transcript(doc: dict[str, Any]) -> Transcript:
     so :func:`ksc.transcribe.render` writes every format from either."""
     result = Transcript()
     for seg in doc.get("segments", []):
+        hypothesis: dict[str, Any] = {"transcript": seg["text"], "likelihood": seg["likelihood"]}
+        # The decoder's word times, when the job has them, as a live final carries them.
+        alignment = word_alignment(seg.get("words"))
+        if alignment is not None:
+            hypothesis["word-alignment"] = alignment
         result.messages.append(
             {
                 "status": 0,
                 "id": doc["id"],
                 "segment": seg["segment"],
-                "result": {
-                    "hypotheses": [{"transcript": seg["text"], "likelihood": seg["likelihood"]}],
-                    "final": True,
-                },
+                "result": {"hypotheses": [hypothesis], "final": True},
                 "segment-start": seg["start"],
                 "segment-length": seg["length"],
                 "total-length": doc.get("duration", 0.0),

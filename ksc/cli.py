@@ -98,11 +98,14 @@ def cmd_batch_worker(args: argparse.Namespace) -> int:
 
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     _need_worker_extra()
-    from decoder_worker.model import prepare_model
+    from decoder_worker.model import ModelError, prepare_model
 
     _setup_logging("info")
     cache = Path(args.cache or os.environ.get("KSC_CACHE") or config.WorkerSettings.cache)
-    out = prepare_model(args.source, Path(args.out) if args.out else None, cache_dir=cache)
+    try:
+        out = prepare_model(args.source, Path(args.out) if args.out else None, cache_dir=cache)
+    except ModelError as exc:
+        raise SystemExit(f"ksc model prepare: {exc}") from None
     print(out)
     return 0
 
@@ -167,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url",
         default=os.environ.get("KSC_URL", "ws://127.0.0.1:8888"),
-        help="gateway base URL, ws:// or http:// [env KSC_URL]",
+        help="the gateway: its base URL or an endpoint URL such as ws://HOST:PORT/client/ws/speech"
+        " (ws, wss, http or https; a query goes on to the speech socket) [env KSC_URL]",
     )
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="pace the upload in real time")

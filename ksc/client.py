@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import websockets
 
+from ksc.endpoints import GatewayUrl
 from shared.tasks import stop_tasks
 
 
@@ -41,18 +41,15 @@ class Transcript:
 
 
 def ws_base(url: str) -> str:
-    """``http://host:port`` (what a browser shows) -> ``ws://host:port``; https -> wss."""
-    url = url.rstrip("/")
-    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
-        if url.startswith(http):
-            return ws + url[len(http) :]
-    return url
+    """The gateway's websocket base for any form of its address (:mod:`ksc.endpoints`):
+    ``http://host:port`` (what a browser shows) -> ``ws://host:port``; https -> wss."""
+    return GatewayUrl.parse(url).ws()
 
 
 def speech_url(base: str, content_type: str = "", **params: str) -> str:
-    """The speech websocket of the gateway at ``base`` (ws://, wss://, http:// or https://)."""
-    query = urlencode({"content-type": content_type, **params})
-    return f"{ws_base(base)}/client/ws/speech?{query}"
+    """The speech websocket of the gateway at ``base``: a base URL or any endpoint URL
+    (ws://, wss://, http:// or https://), whose query is passed on."""
+    return GatewayUrl.parse(base).speech(content_type, **params)
 
 
 async def stream(

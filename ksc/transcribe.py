@@ -1,15 +1,21 @@
 """``ksc transcribe``: stream files through a gateway, write transcripts or subtitles.
 
 Output formats: ``text`` (one line per file), ``json`` (segments with times, and the
-text), ``srt`` and ``vtt`` (one cue per final, timed by its ``segment-start`` and
-``segment-length``). On a terminal a progress bar shows the upload, elapsed time and
-the real-time factor so far (audio seconds transcribed per wall-clock second).
+text), ``srt`` and ``vtt`` (cues of at most two lines of 42 characters and 7 s, cut
+at pauses between the words the server timed; :mod:`ksc.subtitles`). On a terminal a
+progress bar shows the upload, elapsed time and the real-time factor so far (audio
+seconds transcribed per wall-clock second).
 
 ``--batch`` submits the files as batch jobs (``POST /v1/transcriptions``, docs/batch.md)
 and polls for them instead of streaming; the output is the same.
 
+``--url`` takes the gateway's base URL or any of its endpoint URLs (``ws://host:8888``,
+``http://host:8888/``, ``ws://host:8888/client/ws/speech?model=ko``, …; see
+:mod:`ksc.endpoints`); a query is passed on to the speech socket.
+
 Exit codes: 0 all files transcribed; 1 the server ended a session with an error
-status; 3 the server could not be reached; 4 a file could not be read.
+status; 2 ``--url`` names no server; 3 the server could not be reached; 4 a file could
+not be read.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import av
 import websockets
 from tqdm import tqdm
 
+from ksc import subtitles
 from ksc.client import Transcript, speech_url, stream
+from ksc.endpoints import GatewayUrl
 
-EXIT_OK, EXIT_SERVER, EXIT_UNREACHABLE, EXIT_BAD_FILE = 0, 1, 3, 4
+EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_BAD_FILE = 0, 1, 2, 3, 4
 FORMATS = ("text", "json", "srt", "vtt")
 _AUDIO_BAR = (
     "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}{postfix}]"
@@ -56,36 +64,67 @@ def segments(result: Transcript) -> list[Segment]:
     ]
 
 
-def _clock(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    h, rest = divmod(ms, 3_600_000)
-    m, rest = divmod(rest, 60_000)
-    s, ms = divmod(rest, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
 def render(result: Transcript, fmt: str, name: str = "") -> str:
     segs = segments(result)
     if fmt == "text":
         return result.text + "\n"
     if fmt == "json":
+        # Each segment's words with their times (seconds from the start of the audio),
+        # null when the server sent none for it.
         doc: dict[str, Any] = {
             "file": name,
             "text": result.text,
-            "segments": [s.__dict__ for s in segs],
+            "segments": [
+                {**s.__dict__, "words": _json_words(m)}
+                for s, m in zip(segs, result.finals, strict=True)
+            ],
         }
         return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-    if fmt == "srt":
-        return "".join(
-            f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n\n"
-            for i, s in enumerate(segs, 1)
-        )
-    if fmt == "vtt":
-        cues = "".join(
-            f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n\n" for s in segs
-        )
-        return "WEBVTT\n\n" + cues
+    if fmt in ("srt", "vtt"):
+        return _subtitles(result, fmt)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def _subtitles(result: Transcript, fmt: str) -> str:
+    """SubRip or WebVTT cues cut from the finals by :func:`ksc.subtitles.cut`."""
+    cues = subtitles.cut(utterances(result))
+    return subtitles.srt(cues) if fmt == "srt" else subtitles.vtt(cues)
+
+
+def utterances(result: Transcript) -> list[subtitles.Utterance]:
+    """Each final's text and segment times, with its words' times when the server
+    aligned them (``word-alignment``: start and length from the start of the stream)."""
+    out = []
+    for m in result.finals:
+        hypothesis = m["result"]["hypotheses"][0]
+        start = float(m.get("segment-start", 0.0))
+        end = start + float(m.get("segment-length", 0.0))
+        words = _aligned_words(hypothesis.get("word-alignment"))
+        out.append(subtitles.Utterance(hypothesis["transcript"], start, end, words))
+    return out
+
+
+def _json_words(final: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A final's ``word-alignment`` as ``{"word", "start", "end"}`` entries (the
+    cluster's own shape, ``shared.wire.FinalResult.words``); None without times."""
+    words = _aligned_words(final["result"]["hypotheses"][0].get("word-alignment"))
+    if not words:
+        return None
+    return [{"word": w.text, "start": w.start, "end": round(w.end, 3)} for w in words]
+
+
+def _aligned_words(alignment: Any) -> tuple[subtitles.Word, ...]:
+    """``word-alignment`` entries as words; none if any entry is malformed (a server
+    of another make): the cues then fall back to the segment's times."""
+    try:
+        return tuple(
+            subtitles.Word(
+                str(w["word"]), float(w["start"]), float(w["start"]) + float(w["length"])
+            )
+            for w in alignment or ()
+        )
+    except (KeyError, TypeError, ValueError):
+        return ()
 
 
 def audio_seconds(data: bytes) -> float | None:
@@ -141,6 +180,8 @@ def _transcribe_one(url: str, data: bytes, name: str, realtime: bool, err: TextI
 def run(files: list[str], url: str, fmt: str, out: str | None, realtime: bool) -> int:
     """Transcribe ``files`` in order; returns the exit code."""
     err = sys.stderr
+    if not _valid_url(url, err):
+        return EXIT_USAGE
     code = EXIT_OK
     for name in files:
         data = _read(name, err)
@@ -159,6 +200,17 @@ def run(files: list[str], url: str, fmt: str, out: str | None, realtime: bool) -
             continue
         _write(render(result, fmt, name), out, name, fmt, many=len(files) > 1, err=err)
     return code
+
+
+def _valid_url(url: str, err: TextIO) -> bool:
+    """Whether ``--url`` names a gateway (any form :mod:`ksc.endpoints` reads), saying
+    why not on ``err``."""
+    try:
+        GatewayUrl.parse(url)
+    except ValueError as exc:
+        print(f"--url: {exc}", file=err)
+        return False
+    return True
 
 
 def _read(name: str, err: TextIO) -> bytes | None:
@@ -200,6 +252,8 @@ def run_batch(files: list[str], url: str, fmt: str, out: str | None) -> int:
     from ksc import batch_client
 
     err = sys.stderr
+    if not _valid_url(url, err):
+        return EXIT_USAGE
     base = batch_client.http_base(url)
     code = EXIT_OK
     jobs: list[tuple[str, str]] = []

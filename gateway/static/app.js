@@ -89,6 +89,50 @@ function hideNotice() {
 
 // ---------------------------------------------------------------- transcript
 
+function wordTime(start, end) {
+  return `${start.toFixed(2)}–${end.toFixed(2)} s`;
+}
+
+// A final's words as spans that tell their time (title on hover; a tooltip when focused
+// from the keyboard), when the server aligned them ("word-alignment": start and length
+// in seconds from the start of the stream) and they spell the transcript: a
+// post-processor may have changed the text, and then the words no longer fit it.
+// Otherwise null: the row shows plain text.
+function timedWords(text, alignment) {
+  if (!Array.isArray(alignment) || alignment.length === 0) return null;
+  const ok = (w) =>
+    w && typeof w.word === "string" && Number.isFinite(w.start) && Number.isFinite(w.length);
+  if (!alignment.every(ok)) return null;
+  const squash = (s) => s.replace(/\s+/g, "");
+  if (squash(alignment.map((w) => w.word).join("")) !== squash(text)) return null;
+  const nodes = [];
+  alignment.forEach((w, i) => {
+    if (i) nodes.push(document.createTextNode(" "));
+    const end = w.start + Math.max(0, w.length);
+    const span = el("span", "word", w.word.trim());
+    span.title = wordTime(w.start, end);
+    span.dataset.start = w.start.toFixed(3);
+    span.dataset.end = end.toFixed(3);
+    // One tab stop per row (its first word); the arrow keys move between its words.
+    span.tabIndex = i === 0 ? 0 : -1;
+    nodes.push(span);
+  });
+  return nodes;
+}
+
+function moveWordFocus(event) {
+  const word = event.target instanceof Element ? event.target.closest(".word") : null;
+  if (!word) return;
+  const words = [...word.parentElement.querySelectorAll(".word")];
+  const at = words.indexOf(word);
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: words.length - 1 }[event.key];
+  if (to === undefined || to < 0 || to >= words.length) return;
+  event.preventDefault();
+  word.tabIndex = -1;
+  words[to].tabIndex = 0;
+  words[to].focus();
+}
+
 const transcript = {
   groups: [], // {node, list, partial, source, started, finals: [{start, end, text}]}
   current: null,
@@ -121,7 +165,7 @@ const transcript = {
     this.scroll();
   },
 
-  final(group, segment, text, start, length) {
+  final(group, segment, text, start, length, alignment) {
     group.partial.hidden = true;
     group.partial.textContent = "";
     if (!text) return;
@@ -133,7 +177,15 @@ const transcript = {
     if (hasTime && typeof length === "number") {
       stamp.title = `${clock(start)} – ${clock(start + length)} from the start of the stream`;
     }
-    row.append(stamp, el("span", "text", text));
+    const words = timedWords(text, alignment);
+    const body = el("span", "text");
+    if (words) {
+      body.classList.add("timed");
+      body.append(...words);
+    } else {
+      body.textContent = text;
+    }
+    row.append(stamp, body);
     group.list.append(row);
     group.finals.push({ start, end: hasTime ? start + (length || 0) : undefined, text });
     this.updateActions();
@@ -252,7 +304,14 @@ class SpeechSession {
       if (this.group.source === "file" && typeof msg["total-length"] === "number") {
         app.setAudioSeconds(msg["total-length"]);
       }
-      transcript.final(this.group, msg.segment, text, msg["segment-start"], msg["segment-length"]);
+      transcript.final(
+        this.group,
+        msg.segment,
+        text,
+        msg["segment-start"],
+        msg["segment-length"],
+        hyp["word-alignment"],
+      );
     } else {
       transcript.partial(this.group, text);
     }
@@ -714,6 +773,7 @@ function init() {
     app.transcribeFile(file);
   });
   $("notice-close").addEventListener("click", hideNotice);
+  $("transcript").addEventListener("keydown", moveWordFocus);
   $("clear").addEventListener("click", () => transcript.clear());
   $("copy").addEventListener("click", async () => {
     try {

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import shutil
 import subprocess
 import wave
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -255,6 +257,20 @@ async def _finals(group) -> list[tuple[int, str, float]]:  # type: ignore[no-unt
     return rows
 
 
+async def _word_times(group) -> list[list[tuple[str, float, float, str]]]:  # type: ignore[no-untyped-def]
+    """(word, start, end, title) of each word span, row by row, of a transcript group."""
+    rows = []
+    for row in await group.locator(".final").all():
+        words = []
+        for span in await row.locator(".word").all():
+            start = float(await span.get_attribute("data-start") or "nan")
+            end = float(await span.get_attribute("data-end") or "nan")
+            title = await span.get_attribute("title") or ""
+            words.append((await span.inner_text(), start, end, title))
+        rows.append(words)
+    return rows
+
+
 def _same(rows: list[tuple[int, str, float]], direct: list) -> None:  # type: ignore[type-arg]
     assert [(seg, text) for seg, text, _ in rows] == [(f.segment, f.text) for f in direct]
     assert [start for *_, start in rows] == pytest.approx([f.start for f in direct], abs=1e-3)
@@ -347,6 +363,7 @@ async def test_microphone_and_file_in_chromium(
                 await expect(body).to_have_attribute("data-state", "idle", timeout=30 * seconds_ms)
                 await expect(page.locator("#notice")).to_be_hidden()
                 from_file = await _finals(groups.nth(1))
+                file_words = await _word_times(groups.nth(1))
                 await expect(page.locator("#stat-processed")).to_have_text("2")
                 await expect(page.locator("#stat-free")).to_have_text("2")
                 await asyncio.sleep(0.3)  # the last row's fade-in
@@ -367,7 +384,19 @@ async def test_microphone_and_file_in_chromium(
     assert len(direct) >= 2, direct
     _same(from_mic, direct)
     assert all(re.fullmatch(r"\d+:\d\d\.\d", s) for s in stamps), stamps
-    _same(from_file, await asyncio.to_thread(reference_decode, _pcm(mic)))
+    direct = await asyncio.to_thread(reference_decode, _pcm(mic))
+    _same(from_file, direct)
+    # Every word of every final tells its time: the decoder's, to the millisecond.
+    assert all(f.words for f in direct), direct
+    for row, final in zip(file_words, direct, strict=True):
+        assert [w for w, *_ in row] == [w.word for w in final.words]
+        assert [t for _, s, e, _ in row for t in (s, e)] == pytest.approx(
+            [t for w in final.words for t in (w.start, w.end)], abs=2e-3
+        )
+        for _, start, end, title in row:
+            shown = re.fullmatch(rf"(\d+\.\d\d){EN}(\d+\.\d\d) s", title)
+            assert shown, title
+            assert [float(shown[1]), float(shown[2])] == pytest.approx([start, end], abs=0.0051)
 
 
 async def test_no_decoder_is_shown_in_chromium(
@@ -401,3 +430,130 @@ async def test_no_decoder_is_shown_in_chromium(
                 await page.screenshot(path=str(tmp_path / "no-decoder.png"))
         finally:
             await browser.close()
+
+
+#: The dash between a word's start and end in its title.
+EN = "\u2013"
+
+
+def _kgs_final(segment: int, words: list[tuple[str, float, float]], text: str = "") -> str:
+    """A kaldi-gstreamer-server final with ``word-alignment`` (stream seconds)."""
+    hypothesis: dict[str, object] = {
+        "transcript": text or " ".join(w for w, _, _ in words),
+        "likelihood": 1.0,
+    }
+    if words:
+        hypothesis["word-alignment"] = [
+            {"word": w, "start": s, "length": round(e - s, 3), "confidence": 1.0}
+            for w, s, e in words
+        ]
+    return json.dumps(
+        {
+            "status": 0,
+            "id": "web-words",
+            "segment": segment,
+            "segment-start": words[0][1] if words else 5.0,
+            "segment-length": 1.0,
+            "total-length": 10.0,
+            "result": {"hypotheses": [hypothesis], "final": True},
+        },
+        ensure_ascii=False,
+    )
+
+
+async def test_word_times_shown_on_hover_and_focus_in_chromium(
+    chromium: Path, espeak_wav: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The page alone, its sockets answered by the test: a final's aligned words become
+    spans titled with their times (hover), one tab stop per row with the arrow keys
+    between words (a tooltip on the focused one); words that do not spell the text (a
+    post-processor changed it) and finals without times stay plain text."""
+    from playwright.async_api import async_playwright, expect
+
+    finals = [
+        _kgs_final(
+            0, [("안녕하세요", 0.31, 0.9), ("반갑습니다", 1.02, 1.75), ("여러분", 1.8, 2.2)]
+        ),
+        _kgs_final(1, [("삼월", 3.0, 3.4), ("일일", 3.5, 3.9)], text="3월 1일"),
+        _kgs_final(2, []),
+    ]
+    finals[2] = finals[2].replace('"transcript": ""', '"transcript": "네"')
+    closing: list[asyncio.Future[None]] = []
+
+    def speech(ws) -> None:  # type: ignore[no-untyped-def]
+        def on_message(message: str | bytes) -> None:
+            if message == "EOS":
+                for text in finals:
+                    ws.send(text)
+                closing.append(asyncio.ensure_future(ws.close(code=1000)))
+
+        ws.on_message(on_message)
+
+    def status_socket(ws) -> None:  # type: ignore[no-untyped-def]
+        ws.send(json.dumps({"num_workers_available": 1, "num_requests_processed": 0}))
+
+    client = await _client()
+    problems: list[str] = []
+    try:
+        async with async_playwright() as pw:
+            browser = await _launch(pw, chromium, espeak_wav("감사합니다."))
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 860})
+                page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+                page.on(
+                    "console",
+                    lambda msg: (
+                        problems.append(f"console: {msg.text}") if msg.type == "error" else None
+                    ),
+                )
+                await page.route_web_socket(re.compile(r"/client/ws/speech"), speech)
+                await page.route_web_socket(re.compile(r"/client/ws/status"), status_socket)
+                await page.route(
+                    re.compile(r"/status$"),
+                    lambda route: route.fulfill(
+                        json={"workers": [], "sessions": [], "requests_processed": 0}
+                    ),
+                )
+                await page.goto(str(client.make_url("/")))
+                await page.set_input_files("#file", str(espeak_wav("감사합니다.")))
+                rows = page.locator(".group").nth(0).locator(".final")
+                await expect(rows).to_have_count(3)
+                await expect(page.locator("body")).to_have_attribute("data-state", "idle")
+
+                timed = rows.nth(0).locator(".word")
+                await expect(timed).to_have_text(["안녕하세요", "반갑습니다", "여러분"])
+                titles = [await w.get_attribute("title") for w in await timed.all()]
+                assert titles == [f"0.31{EN}0.90 s", f"1.02{EN}1.75 s", f"1.80{EN}2.20 s"]
+                assert (
+                    await rows.nth(0).locator(".text").inner_text()
+                    == "안녕하세요 반갑습니다 여러분"
+                )
+                await expect(rows.nth(1).locator(".text")).to_have_text("3월 1일")
+                await expect(rows.nth(1).locator(".word")).to_have_count(0)
+                await expect(rows.nth(2).locator(".text")).to_have_text("네")
+                await expect(rows.nth(2).locator(".word")).to_have_count(0)
+
+                # The keyboard: Tab reaches the row's first word, arrows move along.
+                focusable = [await w.get_attribute("tabindex") for w in await timed.all()]
+                assert focusable == ["0", "-1", "-1"]
+                await timed.nth(0).focus()
+                await page.keyboard.press("ArrowRight")
+                await expect(timed.nth(1)).to_be_focused()
+                await page.keyboard.press("End")
+                await expect(timed.nth(2)).to_be_focused()
+                await page.keyboard.press("ArrowRight")  # the last word: stays
+                await expect(timed.nth(2)).to_be_focused()
+                await page.keyboard.press("Home")
+                await expect(timed.nth(0)).to_be_focused()
+                tooltip = await timed.nth(0).evaluate(
+                    "(w) => w.matches(':focus-visible') && getComputedStyle(w, '::after').content"
+                )
+                assert tooltip == f'"0.31{EN}0.90 s"'
+                await timed.nth(1).hover()
+                await page.screenshot(path=str(tmp_path / "words.png"))
+            finally:
+                await browser.close()
+    finally:
+        await client.close()
+        await asyncio.gather(*closing, return_exceptions=True)
+    assert not problems, problems
