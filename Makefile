@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server libfst-tools libfst22-plugins-base espeak-ng sox curl \
 	chromium fonts-noto-cjk
 STAMP := $(VENV)/.installed
+# The image builds and the container stage of `make test` (tests/containers): rootful
+# podman with runc, and debootstrap for the local Python base (docs/deploy.md).
+CONTAINER_PACKAGES := podman runc debootstrap
 
-.PHONY: setup up test lint bench bench-smoke clean
+.PHONY: setup up test lint bench bench-smoke clean images container-tools
 
 setup: $(STAMP)
 	@$(BIN)/ksc model prepare
@@ -27,7 +30,18 @@ $(STAMP): pyproject.toml
 up: setup
 	$(BIN)/ksc up
 
-test: setup
+# Checked on every run (dpkg only), so a tree set up before the container stage existed
+# gets podman too.
+container-tools:
+	@scripts/install-system-packages $(CONTAINER_PACKAGES)
+
+# The gateway and worker images (and the local base and Redis images) with podman, no
+# Docker daemon or registry needed; a no-op when they are up to date (docs/deploy.md,
+# "Images and the container test").
+images: container-tools
+	scripts/build-images
+
+test: setup container-tools
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy shared gateway decoder_worker batch_worker ksc harness

@@ -8,7 +8,7 @@
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY gateway/ gateway/
@@ -16,10 +16,16 @@ COPY decoder_worker/ decoder_worker/
 COPY shared/ shared/
 COPY batch_worker/ batch_worker/
 COPY ksc/ ksc/
-# Every dependency ships manylinux wheels: no compiler in this stage either.
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir . \
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+# Every dependency ships manylinux wheels: no compiler in this stage either. pip's
+# downloads stay in a build cache between builds, never in a layer. Bytecode is compiled
+# here, once, and kept: the root filesystem is read-only at run time, so without it every
+# start and every probe (`ksc check`) compiles the whole import graph again (see
+# docs/deploy.md). unchecked-hash: the image never changes, so Python need not compare
+# sources with the bytecode, and layer mtimes cannot make it look stale.
+RUN --mount=type=cache,id=ksc-pip,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-compile . \
+ && /opt/venv/bin/python -m compileall -q -f -j0 --invalidation-mode unchecked-hash /opt/venv
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="kaldi-stream-cluster gateway" \
