@@ -136,6 +136,9 @@ async def _transcribe(
                     "length": f.length,
                     "text": f.text,
                     "likelihood": f.likelihood,
+                    # the decoder's words, times in seconds from the start of the
+                    # audio; None when the segment has no word times
+                    "words": f.words,
                 }
                 for f in core.finals
             ],

@@ -61,6 +61,7 @@ from shared.wire import (
     final_fields,
     parse_audio_entry,
     serialize_event,
+    word_times,
 )
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class ClaimedSession:
         self.worker = worker
         self.sid = request.sid
         self.phrases = request.phrases
+        self.skip_unknown_words = request.skip_unknown_words
         self.entry_id = entry_id
         self.claim = claim
         self.slot = slot
@@ -264,7 +266,9 @@ class ClaimedSession:
             # Compiled (or found in the cache) by the worker, added by the session's
             # decoder process to its own copy of the engine: see decoder_worker.grammar.
             try:
-                grammar = await self.worker.grammars.compile(self.phrases)
+                grammar = await self.worker.grammars.compile(
+                    self.phrases, skip_unknown=self.skip_unknown_words
+                )
             except GrammarError as exc:
                 raise SessionFailed(Status.BAD_GRAMMAR, str(exc)) from exc
             await self.slot.send(pipes.Grammar(grammar))
@@ -338,6 +342,13 @@ class ClaimedSession:
                             if text is not None:  # None: a busy post-processor skips it
                                 await self._publish(PartialResult(event.segment, text))
                         elif isinstance(event, Final):
+                            if event.align_failed:
+                                self.worker.metrics.word_alignment_failures_total.inc()
+                            words = None
+                            if event.words is not None:
+                                words = word_times((w.word, w.start, w.end) for w in event.words)
+                            # A post-processor may change the text; the words stay the
+                            # decoder's (docs/compatibility.md, "Word times").
                             final = FinalResult(
                                 segment=event.segment,
                                 text=event.text,
@@ -345,6 +356,7 @@ class ClaimedSession:
                                 start=event.start,
                                 length=event.length,
                                 total=event.total,
+                                words=words,
                             )
                             finals.append(await self.worker.post.final(final, self.sid))
                     if finals or ledger.worth_saving(replay_sample):

@@ -13,18 +13,37 @@ expanded lookahead graph that speech reaches already exists before the fork and 
 shared too: every utterance still starts from the same state, at about three quarters
 of the CPU a never-used template costs (``docs/performance.md``). KaG starts no
 threads of its own, which is what makes forking after load safe.
+
+Word times: when the model has an alignment lexicon, :meth:`KagEngine.finish` also
+aligns the finished utterance's words (:mod:`decoder_worker.alignment`); an alignment
+that fails leaves the words without times, it never fails the utterance.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import wave
+from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from decoder_worker.model import DICTATION_FST, ModelError, PreparedModel
 
-__all__ = ["BLOCK_MS", "Engine", "KagEngine", "clean_text"]
+if TYPE_CHECKING:
+    from decoder_worker.alignment import Aligner
+
+__all__ = [
+    "BLOCK_MS",
+    "Aligning",
+    "Decoded",
+    "Engine",
+    "KagEngine",
+    "WordTime",
+    "clean_text",
+]
+
+log = logging.getLogger(__name__)
 
 _NONTERM = re.compile(r"#nonterm:\S*")
 _DICTATION_GRAMMAR = "0 1 #nonterm:dictation #nonterm:dictation\n1\n"
@@ -41,6 +60,28 @@ BLOCK_MS = 100
 _SILENCE_WEIGHT = 1e-3
 
 
+@dataclass(frozen=True, slots=True)
+class WordTime:
+    """A word and its time, in seconds from the first sample of its utterance."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A finished utterance: its text (``#nonterm`` markers dropped) and likelihood,
+    and its words with times, ``None`` when there are none (no alignment lexicon,
+    nothing recognised, or the alignment failed)."""
+
+    text: str
+    likelihood: float
+    words: tuple[WordTime, ...] | None = None
+    #: an alignment was tried and failed (the words go out without times)
+    align_failed: bool = False
+
+
 class Engine(Protocol):
     """One utterance at a time: accept audio, peek at the best path, finish."""
 
@@ -52,8 +93,25 @@ class Engine(Protocol):
     def partial(self) -> str:
         """Best-path text of the open utterance so far ("" if none)."""
 
-    def finish(self) -> tuple[str, float]:
-        """Finalise the utterance; return (text, likelihood). Ready for the next one."""
+    def finish(self) -> Decoded:
+        """Finalise the utterance; its text, likelihood and word times. Ready for the
+        next one."""
+
+
+@runtime_checkable
+class Aligning(Protocol):
+    """An engine whose :meth:`Engine.finish` is :meth:`finalize` then :meth:`align`.
+
+    The utterance's process (:mod:`decoder_worker.forking`) calls the two steps itself
+    and reports the text between them, so that a crash inside the native aligner costs
+    the word times of that utterance, not its text.
+    """
+
+    def finalize(self) -> Decoded:
+        """Finalise the utterance; its text and likelihood, no word times yet."""
+
+    def align(self, decoded: Decoded) -> Decoded:
+        """``decoded`` with the word times of the utterance just finalised."""
 
 
 def clean_text(raw: str) -> str:
@@ -74,11 +132,21 @@ class KagEngine:
 
     sample_rate: int
 
-    def __init__(self, decoder: Any, *, lookahead: bool, sample_rate: int) -> None:
+    def __init__(
+        self,
+        decoder: Any,
+        *,
+        lookahead: bool,
+        sample_rate: int,
+        aligner: Aligner | None = None,
+    ) -> None:
         """Wrap an already constructed KaG decoder; use :meth:`load`."""
         self._decoder = decoder
         self._lookahead = lookahead
         self.sample_rate = sample_rate
+        #: word times for finished utterances (None: the model has no lexicon)
+        self.aligner = aligner
+        self._raw = ""  # the last finalised utterance's output, markers included
         self._started = False
         #: which grammars are active at the start of an utterance: dictation only,
         #: unless :meth:`restrict` added a phrase-list grammar
@@ -87,12 +155,19 @@ class KagEngine:
         self._pending = bytearray()  # less than one block, not yet decoded
 
     @classmethod
-    def load(cls, model: PreparedModel) -> KagEngine:
+    def load(
+        cls, model: PreparedModel, *, word_times: bool = True, whole_lexicon: bool = False
+    ) -> KagEngine:
         """Construct the decoder for ``model`` and warm it up.
 
         ``tmp_dir`` is a required argument of KaG's decoder constructors but is only
         used by KaG's grammar *compiler* (to cache compiled FSTs); decoding never
         touches it, so we pass ``None`` rather than create a directory nobody writes.
+
+        ``word_times``: align finished utterances when the model has an alignment
+        lexicon, each with a lexicon of its own words (:mod:`decoder_worker.alignment`);
+        ``whole_lexicon`` loads all of it with the decoder instead (the benchmark's
+        comparison, not what a worker does).
         """
         try:
             from kaldi_active_grammar import utils as kag_utils
@@ -103,6 +178,11 @@ class KagEngine:
             ) from exc
         kag_utils.disable_donation_message()  # it prints to stdout otherwise
         config: dict[str, Any] = dict(model.decoder)
+        lexicon, index = model.align_lexicon, model.align_lexicon_index
+        aligning = word_times and lexicon is not None and index is not None
+        # KaG loads a lexicon by the name align_lexicon.int from the model directory
+        # unless told otherwise; it is loaded here only on purpose.
+        config["word_align_lexicon_filename"] = str(lexicon) if aligning and whole_lexicon else ""
         if model.endpoint.silence_phones:
             config["silence_phones_str"] = ":".join(map(str, model.endpoint.silence_phones))
             config["silence_weight"] = _SILENCE_WEIGHT
@@ -125,9 +205,22 @@ class KagEngine:
                 raise ModelError(f"unknown model kind {model.kind!r}")
         except (kag.KaldiError, OSError) as exc:
             raise ModelError(f"{path}: kaldi-active-grammar cannot load it: {exc}") from exc
-        engine = cls(decoder, lookahead=model.kind == "lookahead", sample_rate=model.sample_rate)
+        aligner = None
+        if aligning:
+            from decoder_worker.alignment import Aligner
+
+            assert lexicon is not None and index is not None
+            aligner = Aligner.for_model(
+                lexicon, index, model.path / "words.txt", model.sample_rate, whole=whole_lexicon
+            )
+        engine = cls(
+            decoder,
+            lookahead=model.kind == "lookahead",
+            sample_rate=model.sample_rate,
+            aligner=aligner,
+        )
         engine.accept(_warmup_pcm())
-        engine.finish()
+        engine.finish()  # aligns too: its code is paged in before the forks
         return engine
 
     def _decode(self, pcm: bytes, finalize: bool) -> None:
@@ -175,16 +268,38 @@ class KagEngine:
         text, _info = self._decoder.get_output()
         return clean_text(text)
 
-    def finish(self) -> tuple[str, float]:
-        """Finalise the utterance (determinising its lattice) and return its text."""
+    def finish(self) -> Decoded:
+        """Finalise the utterance (determinising its lattice): its text and word times."""
+        return self.align(self.finalize())
+
+    def finalize(self) -> Decoded:
+        """Finalise the utterance: its text and likelihood (no word times yet)."""
+        self._raw = ""
         tail = len(self._pending) - len(self._pending) % 2
         if not self._started and not tail:
             self._pending.clear()
-            return "", 0.0
+            return Decoded("", 0.0)
         self._decode(bytes(self._pending[:tail]), finalize=True)
         self._pending.clear()
-        text, info = self._decoder.get_output()
-        return clean_text(text), float(info["likelihood"])
+        self._raw, info = self._decoder.get_output()
+        return Decoded(clean_text(self._raw), float(info["likelihood"]))
+
+    def align(self, decoded: Decoded) -> Decoded:
+        """``decoded`` with its words' times, if there is an aligner and a text.
+
+        An alignment that fails (a lattice forced out by audio ending inside a word, a
+        word the lexicon lacks) gives the words without times, never an error.
+        """
+        from decoder_worker.alignment import AlignmentFailed
+
+        if self.aligner is None or not decoded.text:
+            return decoded
+        try:
+            words = self.aligner.align(self._decoder, self._raw)
+        except AlignmentFailed as exc:
+            log.info("no word times for %r: %s", decoded.text[:80], exc)
+            return replace(decoded, align_failed=True)
+        return replace(decoded, words=tuple(WordTime(*w) for w in words))
 
     def close(self) -> None:
         """Free the decoder's native memory; the engine is unusable afterwards."""

@@ -16,6 +16,7 @@ model's pages stay shared copy-on-write), once per utterance.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -24,11 +25,13 @@ from contextlib import nullcontext, suppress
 from typing import TypeVar, assert_never
 
 from decoder_worker import pipes
-from decoder_worker.engine import Engine
+from decoder_worker.engine import Aligning, Decoded, Engine
 from decoder_worker.gate import CpuGate
 
+log = logging.getLogger(__name__)
+
 _PR_SET_PDEATHSIG = 1
-_Reply = TypeVar("_Reply", pipes.BestPath, pipes.Finished)
+_Reply = TypeVar("_Reply", pipes.BestPath, pipes.Finished, pipes.Aligned)
 
 
 def become_child(keep: socket.socket, close: Sequence[int] = ()) -> None:
@@ -80,8 +83,16 @@ def _utterance_main(sock: socket.socket, engine: Engine, gate: CpuGate | None) -
                 pipes.send(sock, pipes.BestPath(engine.partial()))
             case pipes.Finish():
                 with held():
-                    text, likelihood = engine.finish()
-                pipes.send(sock, pipes.Finished(text, likelihood))
+                    if isinstance(engine, Aligning):
+                        # The text first: an aligner that takes the process down
+                        # then costs only the times (see ForkingEngine.finish).
+                        decoded = engine.finalize()
+                        pipes.send(sock, pipes.Finished(decoded.text, decoded.likelihood))
+                        decoded = engine.align(decoded)
+                    else:
+                        decoded = engine.finish()
+                        pipes.send(sock, pipes.Finished(decoded.text, decoded.likelihood))
+                pipes.send(sock, pipes.Aligned(decoded.words, decoded.align_failed))
                 return
             case unknown:
                 assert_never(unknown)
@@ -120,13 +131,18 @@ class ForkingEngine:
         pipes.send(self._sock, pipes.Peek())
         return self._reply(pipes.BestPath).text
 
-    def finish(self) -> tuple[str, float]:
+    def finish(self) -> Decoded:
         if self._sock is None:
-            return "", 0.0
+            return Decoded("", 0.0)
         try:
             pipes.send(self._sock, pipes.Finish())
             reply = self._reply(pipes.Finished)
-            return reply.text, reply.likelihood
+            try:
+                aligned = self._reply(pipes.Aligned)
+            except RuntimeError:  # it died aligning: the text stands, without times
+                log.warning("word alignment took the utterance's process down: no times")
+                return Decoded(reply.text, reply.likelihood, align_failed=True)
+            return Decoded(reply.text, reply.likelihood, aligned.words, aligned.failed)
         finally:
             self._reap(kill=False)  # it exits by itself after answering
 

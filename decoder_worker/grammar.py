@@ -16,13 +16,18 @@ The worker's own engine never sees a grammar; sessions without phrases are untou
 
 A phrase with a word the model does not know, an empty list or one over the bounds
 of :func:`shared.protocol.parse_phrases` raises :class:`GrammarError`: the session ends
-with status 7 naming the word, nothing else is affected.
+with status 7 naming the word, nothing else is affected. The vosk dialect asks for
+vosk-server's treatment instead (``skip_unknown``): a word the model lacks is dropped
+from its phrase with a warning, a phrase left empty is dropped, and only a list left
+with no phrase is refused. Either way a word missing as written is looked up in the
+other case too (the default model spells Latin-script words in capitals: ``ZERO``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,8 +42,11 @@ __all__ = [
     "Restrictable",
     "digest",
     "fst_text",
+    "in_vocabulary",
     "load_vocabulary",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Compiled phrase sets a worker keeps (least recently used dropped first).
 CACHE_SIZE = 64
@@ -71,9 +79,19 @@ def load_vocabulary(words_txt: Path) -> frozenset[str]:
     return frozenset(words)
 
 
-def digest(phrases: Iterable[str]) -> str:
+def digest(phrases: Iterable[str], *, skip_unknown: bool = False) -> str:
     """The cache key of a phrase set: order and duplicates do not change the grammar."""
-    return hashlib.sha256("\n".join(sorted(set(phrases))).encode()).hexdigest()
+    prefix = "skip-unknown\n" if skip_unknown else ""
+    return hashlib.sha256((prefix + "\n".join(sorted(set(phrases)))).encode()).hexdigest()
+
+
+def in_vocabulary(word: str, vocabulary: frozenset[str]) -> str | None:
+    """``word`` as the model spells it: as written, else in capitals, else in small
+    letters; ``None`` when the model has none of them."""
+    for form in (word, word.upper(), word.lower()):
+        if form in vocabulary:
+            return form
+    return None
 
 
 def fst_text(phrases: Sequence[Sequence[str]]) -> str:
@@ -110,35 +128,56 @@ class GrammarCompiler:
         self._lock = asyncio.Lock()
         self._cache: OrderedDict[str, str] = OrderedDict()
 
-    async def compile(self, phrases: Sequence[str]) -> str:
-        """The grammar for ``phrases`` (cached); raises :class:`GrammarError`."""
+    async def compile(self, phrases: Sequence[str], *, skip_unknown: bool = False) -> str:
+        """The grammar for ``phrases`` (cached); raises :class:`GrammarError`.
+
+        ``skip_unknown``: drop words the model lacks (vosk-server's treatment) rather
+        than refuse the list."""
         if not self._supported:
             raise GrammarError("Bad grammar: this model does not support phrase lists")
         try:
-            normalised = parse_phrases(list(phrases))
+            normalised = parse_phrases(list(phrases), lenient=skip_unknown)
         except BadGrammar as exc:
             raise GrammarError(str(exc)) from exc
-        key = digest(normalised)
+        key = digest(normalised, skip_unknown=skip_unknown)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         vocabulary = await self._load()
-        text = self.compile_with(normalised, vocabulary)
+        text = self.compile_with(normalised, vocabulary, skip_unknown=skip_unknown)
         self._cache[key] = text
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return text
 
     @staticmethod
-    def compile_with(phrases: Sequence[str], vocabulary: frozenset[str]) -> str:
-        split = [phrase.split() for phrase in phrases]
-        for phrase, words in zip(phrases, split, strict=True):
-            for word in words:
-                if word not in vocabulary:
+    def compile_with(
+        phrases: Sequence[str], vocabulary: frozenset[str], *, skip_unknown: bool = False
+    ) -> str:
+        split: list[list[str]] = []
+        dropped: dict[str, None] = {}
+        for phrase in phrases:
+            words: list[str] = []
+            for word in phrase.split():
+                known = in_vocabulary(word, vocabulary)
+                if known is not None:
+                    words.append(known)
+                elif skip_unknown:
+                    dropped[word] = None
+                else:
                     raise GrammarError(
                         f"Bad grammar: word {word!r} (in phrase {phrase!r}) "
                         "is not in the model's vocabulary"
                     )
+            if words and words not in split:
+                split.append(words)
+        missing = ", ".join(repr(word) for word in dropped)
+        if not split:
+            raise GrammarError(
+                f"Bad grammar: no phrase is left: the model's vocabulary lacks {missing}"
+            )
+        if dropped:
+            log.warning("phrase list: ignoring words missing in the vocabulary: %s", missing)
         return fst_text(split)
 
     @property

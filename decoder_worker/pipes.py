@@ -31,7 +31,11 @@ Session process -> utterance process (:data:`ToUtterance`), and the replies
 
     Accept(pcm) ...                no reply: audio goes on without waiting
     Peek()                      -> BestPath(text)
-    Finish()                    -> Finished(text, likelihood); the process exits
+    Finish()                    -> Finished(text, likelihood), Aligned(words, failed);
+                                   the process exits
+
+``Finished`` goes out before the words are aligned: if the native aligner takes the
+process down, the utterance keeps its text and only loses its times.
 
 Framing: a 4-byte big-endian length, then a pickle. Pickle is safe here because both
 ends are forks of one program; a message costs a few dozen bytes more than the
@@ -46,12 +50,14 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from decoder_worker.engine import WordTime
 from decoder_worker.recognizer import Event
 
 __all__ = [
     "HEADER",
     "Abort",
     "Accept",
+    "Aligned",
     "Audio",
     "BestPath",
     "Crashed",
@@ -195,7 +201,15 @@ class Finished:
     likelihood: float
 
 
-FromUtterance = BestPath | Finished
+@dataclass(frozen=True, slots=True)
+class Aligned:
+    """The finished utterance's word times (``None``: none), and whether aligning failed."""
+
+    words: tuple[WordTime, ...] | None
+    failed: bool
+
+
+FromUtterance = BestPath | Finished | Aligned
 
 Message = ToSession | FromSession | ToUtterance | FromUtterance
 

@@ -24,7 +24,7 @@ from decoder_worker.endpoint import (
     SpeechEnd,
     SpeechStart,
 )
-from decoder_worker.engine import Engine
+from decoder_worker.engine import Engine, WordTime
 from decoder_worker.model import EndpointRules
 
 __all__ = ["Event", "Final", "Partial", "Recognizer", "decode_pcm"]
@@ -48,6 +48,10 @@ class Final:
     start: float
     length: float
     total: float
+    #: the words with their times, from the start of the stream too (``None``: no times)
+    words: tuple[WordTime, ...] | None = None
+    #: aligning the words failed (the final goes out without times)
+    align_failed: bool = False
 
 
 Event = Partial | Final
@@ -78,6 +82,9 @@ class Recognizer:
         self._received = offset_samples
         self._seg_start: int | None = None
         self._fed = 0  # absolute sample up to which the open segment was fed
+        #: absolute sample of the first audio the engine got for the open segment:
+        #: where its word times count from
+        self._origin: int | None = None
         self._since_partial = 0
 
     @property
@@ -139,21 +146,30 @@ class Recognizer:
     def _open(self, sample: int) -> None:
         self._seg_start = sample
         self._fed = sample
+        self._origin = None
         self._since_partial = 0
 
     def _close(self, speech: SpeechEnd, events: list[Event]) -> None:
         assert self._seg_start is not None
         self._feed_engine(speech.sample, events, partials=False)
-        text, likelihood = self._engine.finish()
-        if text:
+        decoded = self._engine.finish()
+        if decoded.text:
+            words = None
+            if decoded.words is not None:
+                offset = (self._seg_start if self._origin is None else self._origin) / self._rate
+                words = tuple(
+                    WordTime(w.word, offset + w.start, offset + w.end) for w in decoded.words
+                )
             events.append(
                 Final(
                     segment=self._next_segment,
-                    text=text,
-                    likelihood=likelihood,
+                    text=decoded.text,
+                    likelihood=decoded.likelihood,
                     start=self._seg_start / self._rate,
                     length=(speech.sample - self._seg_start) / self._rate,
                     total=self._received / self._rate,
+                    words=words,
+                    align_failed=decoded.align_failed,
                 )
             )
             self._next_segment += 1
@@ -165,6 +181,8 @@ class Recognizer:
             return
         lo = max(0, 2 * (self._fed - self._buf_start))
         hi = 2 * (until - self._buf_start)
+        if self._origin is None:
+            self._origin = self._buf_start + lo // 2
         self._engine.accept(bytes(self._buf[lo:hi]))
         self._since_partial += until - self._fed
         self._fed = until

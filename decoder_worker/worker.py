@@ -302,14 +302,23 @@ async def run(settings: WorkerSettings, endpoint: Mapping[str, Any] | None = Non
     from pathlib import Path
 
     from decoder_worker.engine import KagEngine
-    from decoder_worker.model import load_prepared, prepare_model
+    from decoder_worker.model import ModelError, load_prepared, prepare_model
 
-    model = load_prepared(prepare_model(settings.model, cache_dir=Path(settings.cache)))
+    try:
+        model = load_prepared(prepare_model(settings.model, cache_dir=Path(settings.cache)))
+    except ModelError as exc:  # e.g. a stale model on a read-only root: say so, no traceback
+        raise SystemExit(f"cannot serve model {settings.model}: {exc}") from None
     model = tuned(model, settings, endpoint or {})
     log.info("decoder settings %s, endpoint rules %s", model.decoder, model.endpoint)
     started = time.monotonic()
-    engine = KagEngine.load(model)
-    log.info("model %s loaded in %.1f s", model.path, time.monotonic() - started)
+    engine = KagEngine.load(model, word_times=settings.word_times)
+    if engine.aligner is not None:
+        times = "on"
+    else:
+        times = "off (the model has no alignment lexicon)" if settings.word_times else "off"
+    log.info(
+        "model %s loaded in %.1f s; word times %s", model.path, time.monotonic() - started, times
+    )
     if settings.decoding_cpus < 0:
         raise SystemExit("--decoding-cpus must not be negative")
     gate = CpuGate(settings.decoding_cpus or usable_cpus())

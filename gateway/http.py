@@ -8,6 +8,9 @@ waits for the last final::
 
     {"status": 0, "id": "…", "hypotheses": [{"utterance": "the finals joined by spaces"}]}
 
+The hypothesis also carries ``word-alignment`` (the finals' words with their times, as
+on the websocket) when the finals have word times.
+
 ``Content-Type`` ``audio/x-raw`` or ``audio/x-raw-int`` with ``rate``, ``format`` and
 ``channels`` parameters (``;`` or ``,`` between them; default 16000 Hz, S16LE, mono)
 is raw PCM; any other type, or none, means "detect the format from the bytes".
@@ -83,6 +86,7 @@ from shared.protocol import (
     phrases_param,
     serialize_references,
 )
+from shared.wire import word_alignment
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +217,8 @@ class _VerdictSink:
 def _reply(core: SessionCore) -> web.Response:
     failure = core.failure
     if failure is None:
-        body = RecognitionReply(core.sid, core.transcript).serialize()
+        alignment = [e for final in core.finals for e in word_alignment(final.words) or ()]
+        body = RecognitionReply(core.sid, core.transcript, alignment or None).serialize()
         return web.Response(text=body, content_type=_JSON)
     headers: dict[str, str] = {}
     error = core.error

@@ -114,6 +114,9 @@ class SessionSpec:
     #: the client's phrase list as it arrived (decoded JSON, ``None``: dictation); the
     #: runner validates it with :func:`shared.protocol.parse_phrases` (status 7)
     phrases: object = None
+    #: vosk-server's treatment of the phrase list: empty phrases and words the model
+    #: lacks are dropped, not refused (only a list with no usable phrase is status 7)
+    lenient_phrases: bool = False
 
 
 class SessionRunner:
@@ -202,7 +205,11 @@ class SessionRunner:
         model = await choose_model(
             self.redis, self.keys, spec.model, default=settings.model, allowed=settings.models
         )
-        phrases = () if spec.phrases is None else parse_phrases(spec.phrases)
+        phrases = (
+            ()
+            if spec.phrases is None
+            else parse_phrases(spec.phrases, lenient=spec.lenient_phrases)
+        )
         # BadRequest on a malformed content type, before a slot is taken.
         self.audio = AudioInput(spec.content_type, model.sample_rate, label=self.sid[:8])
         self.log.info(
@@ -227,7 +234,11 @@ class SessionRunner:
                 self.redis,
                 self.keys,
                 SessionRequest(
-                    sid=self.sid, model=spec.model, created=time.time(), phrases=phrases
+                    sid=self.sid,
+                    model=spec.model,
+                    created=time.time(),
+                    phrases=phrases,
+                    skip_unknown_words=spec.lenient_phrases,
                 ),
                 events,
                 sample_rate=model.sample_rate,

@@ -5,10 +5,11 @@ for kaldi-gstreamer-server's dialect; the session itself (admission, audio, work
 events, status codes) is the same. What differs is the conversation:
 
 * ``{"config": {...}}`` — optional, before any audio: ``sample_rate`` (default
-  16000), ``phrase_list`` (a grammar, status 7 when bad), ``words`` (accepted: there
-  are no word times to give, see below), ``max_alternatives`` (0 only; alternatives
-  need an n-best list kaldi-active-grammar does not produce, so more is refused).
-  Like vosk-server, a config gets no reply.
+  16000), ``phrase_list`` (a grammar; as in vosk-server, empty phrases and words the
+  model lacks are dropped, and only a list with no usable phrase is refused, status
+  7), ``words`` (word entries in finals, on by default as in vosk-server, see below),
+  ``max_alternatives`` (0 only; alternatives need an n-best list kaldi-active-grammar
+  does not produce, so more is refused). Like vosk-server, a config gets no reply.
 * binary frames — 16-bit little-endian mono PCM at ``sample_rate`` (the gateway
   resamples to the model's rate). Each gets exactly one reply: the oldest final not
   yet sent as ``{"text": …}``, else ``{"partial": …}`` with the open segment's best
@@ -21,11 +22,16 @@ events, status codes) is the same. What differs is the conversation:
   (``""`` if none); segmentation goes on by the server's own endpointing, the open
   segment is not cut short.
 
-Replies never carry ``"result"`` word entries: kaldi-active-grammar gives word times
-only with an align lexicon, which the default model does not ship, and times are not
-invented. Errors (bad JSON, an unknown message, a bad config, a bad phrase list, no
-decoder) get ``{"error": message, "status": code}`` and a close (1008 for the
-client's mistakes, 1011 otherwise).
+With ``words`` on, a ``{"text"}`` reply carries its finals' words first, as
+vosk-server's does: ``{"result": [{"conf", "end", "start", "word"}, …], "text": …}``,
+times in seconds from the start of the stream; ``conf`` is 1.0 for every word, which
+means "not computed" (kaldi-active-grammar gives no per-word confidence). A final
+without word times (its alignment failed, or the model has no alignment lexicon)
+adds no entries; a reply none of whose finals has them carries no ``"result"``.
+
+Errors (bad JSON, an unknown message, a bad config, a bad phrase list, no decoder)
+get ``{"error": message, "status": code}`` and a close (1008 for the client's
+mistakes, 1011 otherwise).
 
 **Bounds.** A text frame is JSON of at most :data:`~shared.protocol.MAX_JSON_BYTES`
 (64 KiB) nested at most :data:`~shared.protocol.MAX_JSON_DEPTH` deep, else status 5;
@@ -46,6 +52,7 @@ import uuid
 from collections.abc import Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
@@ -68,6 +75,7 @@ from shared.protocol import (
     status_for,
     to_json,
 )
+from shared.wire import WORD_CONFIDENCE, FinalResult
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +88,8 @@ _MIN_RATE, _MAX_RATE = 1000, 384000
 @dataclass(frozen=True)
 class VoskConfig:
     sample_rate: int = 16000
-    words: bool = False
+    #: word entries (``"result"``) in finals; vosk-server's default is on too
+    words: bool = True
     max_alternatives: int = 0
     #: the client's ``phrase_list`` as sent (validated by the runner), None: dictation
     phrase_list: object = None
@@ -107,7 +116,7 @@ class VoskConfig:
             raise BadRequest(
                 f"config sample_rate must be a whole number from {_MIN_RATE} to {_MAX_RATE}"
             )
-        words = obj.get("words", False)
+        words = obj.get("words", True)
         if not isinstance(words, bool | int):
             raise BadRequest("config words must be a boolean")
         alternatives = obj.get("max_alternatives", 0)
@@ -119,7 +128,8 @@ class VoskConfig:
             )
         phrase_list = obj.get("phrase_list")
         if phrase_list is not None:
-            parse_phrases(phrase_list)  # its bounds now (status 7); the runner keeps it
+            # its bounds now (status 7); the runner keeps it
+            parse_phrases(phrase_list, lenient=True)
         return cls(int(rate), bool(words), 0, phrase_list)
 
 
@@ -156,26 +166,39 @@ class VoskReplies:
     """What the client is told, from the session core's state (pure, no I/O)."""
 
     core: SessionCore
+    #: the config's ``words``: finals carry their word entries as ``"result"``
+    words: bool = True
     sent: int = 0  # finals already sent as {"text"}
     closed: bool = field(default=False)
 
-    def _text(self, text: str) -> str:
-        return to_json({"text": text})
+    def _text(self, finals: list[FinalResult]) -> str:
+        """One ``{"text"}`` reply for ``finals`` (vosk-server's ``Result()`` shape)."""
+        reply: dict[str, Any] = {}
+        if self.words:
+            entries = [
+                {"conf": WORD_CONFIDENCE, "end": w["end"], "start": w["start"], "word": w["word"]}
+                for final in finals
+                for w in final.words or ()
+            ]
+            if entries:
+                reply["result"] = entries
+        reply["text"] = " ".join(final.text for final in finals)
+        return to_json(reply)
 
     def for_audio(self) -> str:
         """The reply to an audio frame: the oldest unsent final, else the partial."""
         if self.sent < len(self.core.finals):
             self.sent += 1
-            return self._text(self.core.finals[self.sent - 1].text)
+            return self._text(self.core.finals[self.sent - 1 : self.sent])
         partial = self.core.last_partial
         text = partial[1] if partial and partial[0] >= self.core.next_segment else ""
         return to_json({"partial": text})
 
     def rest(self) -> str:
         """Every unsent final in one ``{"text"}`` (the reply to eof and reset)."""
-        text = " ".join(final.text for final in self.core.finals[self.sent :])
+        finals = self.core.finals[self.sent :]
         self.sent = len(self.core.finals)
-        return self._text(text)
+        return self._text(finals)
 
     def error(self) -> str | None:
         failure = self.core.failure
@@ -235,11 +258,13 @@ async def handle_vosk(request: web.Request) -> web.WebSocketResponse:
             content_type=config.content_type,
             transport="vosk",
             phrases=config.phrase_list,
+            lenient_phrases=True,
         )
         sink = _Sink(ws)
         frames = _frames(ws, sink, first, settings.max_frame_bytes)
         runner = SessionRunner(gateway, spec, frames, sink, sid=sid, socket=ws)
-        sink.replies = VoskReplies(runner.core)  # before the runner reads the first frame
+        # before the runner reads the first frame
+        sink.replies = VoskReplies(runner.core, words=config.words)
         await runner.run()
     except (SessionError, RedisError) as exc:  # before the runner: it reports its own
         # Only its text and status outlive this block: the exception's traceback holds

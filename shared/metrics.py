@@ -76,6 +76,11 @@ class WorkerMetrics:
         self.decoder_restarts_total = Counter(
             "ksc_worker_decoder_restarts", "decoder processes that died mid-session", registry=r
         )
+        self.word_alignment_failures_total = Counter(
+            "ksc_worker_word_alignment_failures",
+            "finals sent without word times because aligning their words failed",
+            registry=r,
+        )
 
 
 def handler(registry: CollectorRegistry) -> Callable[[web.Request], Awaitable[web.Response]]:

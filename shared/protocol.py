@@ -192,11 +192,14 @@ class UnreadablePhrases:
     reason: str
 
 
-def parse_phrases(value: object) -> tuple[str, ...]:
+def parse_phrases(value: object, *, lenient: bool = False) -> tuple[str, ...]:
     """A client's phrase list, normalised: NFC, words split on whitespace and joined
     by one space, duplicates dropped (first kept). Raises :class:`BadGrammar`.
 
     ``[unk]`` (vosk's out-of-list marker) is accepted and dropped: the list is closed.
+    ``lenient`` (the vosk dialect) drops empty phrases as vosk-server does instead of
+    refusing the list; a list left with no phrase is refused either way, and so is one
+    over the bounds (they guard the worker, vosk-server has none).
     """
     if isinstance(value, UnreadablePhrases):
         raise BadGrammar(
@@ -207,7 +210,7 @@ def parse_phrases(value: object) -> tuple[str, ...]:
     phrases: dict[str, None] = {}
     for raw in value:
         phrase = " ".join(unicodedata.normalize("NFC", raw).split())
-        if phrase == "[unk]":
+        if phrase == "[unk]" or (lenient and not phrase):
             continue
         if not phrase:
             raise BadGrammar("Bad grammar: empty phrase")
@@ -254,6 +257,9 @@ class ResultMessage:
     original_transcript: str = ""
     #: a full post-processor's message: sent as it is, with our ``id`` and ``segment``
     processed: dict[str, Any] | None = None
+    #: the hypothesis's ``word-alignment`` entries (``word``, ``start``, ``length``,
+    #: ``confidence``), left out when ``None``: the final has no word times
+    word_alignment: list[dict[str, Any]] | None = None
 
     def serialize(self) -> str:
         if self.processed is not None:
@@ -263,6 +269,8 @@ class ResultMessage:
             hypothesis["original-transcript"] = self.original_transcript
         if self.likelihood is not None:
             hypothesis["likelihood"] = self.likelihood
+        if self.word_alignment:
+            hypothesis["word-alignment"] = self.word_alignment
         msg: dict[str, Any] = {
             "status": int(Status.SUCCESS),
             "segment": self.segment,
@@ -351,17 +359,24 @@ class ClientText:
 
 @dataclass(frozen=True)
 class RecognitionReply:
-    """The answer to an HTTP recognition request: the finals joined by spaces."""
+    """The answer to an HTTP recognition request: the finals joined by spaces.
+
+    ``word_alignment`` (added): the finals' ``word-alignment`` entries in order, times
+    from the start of the audio; left out when no final has word times."""
 
     sid: str
     utterance: str
+    word_alignment: list[dict[str, Any]] | None = None
 
     def serialize(self) -> str:
+        hypothesis: dict[str, Any] = {"utterance": self.utterance}
+        if self.word_alignment:
+            hypothesis["word-alignment"] = self.word_alignment
         return to_json(
             {
                 "status": int(Status.SUCCESS),
                 "id": self.sid,
-                "hypotheses": [{"utterance": self.utterance}],
+                "hypotheses": [hypothesis],
             }
         )
 

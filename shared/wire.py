@@ -9,8 +9,9 @@ client input: the gateway validates client input before anything reaches Redis).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar
 
 from shared.protocol import ResultMessage
@@ -40,11 +41,17 @@ class SessionRequest:
     #: Restrict recognition to these phrases (normalised by the gateway); empty means
     #: dictation. Absent from the entry when empty, so older workers read it unchanged.
     phrases: tuple[str, ...] = ()
+    #: Words of :attr:`phrases` the model lacks are dropped (vosk-server's way) instead
+    #: of refusing the list; only a list left without a phrase is refused. Absent from
+    #: the entry when false (an older worker refuses such a list, as it always did).
+    skip_unknown_words: bool = False
 
     def serialize(self) -> dict[str, str]:
         fields = {"sid": self.sid, "model": self.model, "created": repr(self.created)}
         if self.phrases:
             fields["phrases"] = json.dumps(list(self.phrases), ensure_ascii=False)
+            if self.skip_unknown_words:
+                fields["skip_unknown_words"] = "1"
         return fields
 
     @classmethod
@@ -63,7 +70,11 @@ class SessionRequest:
                 raise WireError("bad phrases field")
             phrases = tuple(raw)
         return cls(
-            sid=_text(fields, "sid"), model=_text(fields, "model"), created=created, phrases=phrases
+            sid=_text(fields, "sid"),
+            model=_text(fields, "model"),
+            created=created,
+            phrases=phrases,
+            skip_unknown_words=bool(phrases) and fields.get(b"skip_unknown_words") == b"1",
         )
 
 
@@ -131,7 +142,15 @@ class PartialResult:
 
 @dataclass(frozen=True)
 class FinalResult:
-    """A finished segment. Times are seconds from the start of the stream."""
+    """A finished segment. Times are seconds from the start of the stream.
+
+    ``words`` are the decoder's words with their times, each
+    ``{"word": str, "start": float, "end": float}`` in seconds from the start of the
+    stream, rounded to the millisecond; ``None`` when there are no times (the model
+    has no alignment lexicon, or aligning this segment failed). A post-processor may
+    change :attr:`text`; the words stay the decoder's. Left out of the serialized
+    event when ``None``, so such a final reads as it did before word times existed.
+    """
 
     type: ClassVar[str] = "final"
     segment: int
@@ -144,6 +163,8 @@ class FinalResult:
     original: str = ""
     #: the client message as the full post-processor returned it (``None``: none ran)
     processed: dict[str, Any] | None = None
+    #: the decoder's words with times (see above); ``None``: no times
+    words: list[dict[str, Any]] | None = None
 
     def client_message(self, sid: str) -> ResultMessage:
         """What a kaldi-gstreamer-server client is sent for this final."""
@@ -158,7 +179,36 @@ class FinalResult:
             total_length=self.total,
             original_transcript=self.original,
             processed=self.processed,
+            word_alignment=word_alignment(self.words),
         )
+
+
+#: What a word entry of a client reply says for ``confidence`` / ``conf``:
+#: kaldi-active-grammar computes no per-word confidence, and none is invented; every
+#: word says 1.0, which means "not computed" (docs/compatibility.md, "Word times").
+WORD_CONFIDENCE = 1.0
+
+
+def word_times(words: Iterable[tuple[str, float, float]]) -> list[dict[str, Any]]:
+    """``FinalResult.words`` from (word, start, end) in stream seconds, rounded to ms."""
+    return [{"word": w, "start": round(start, 3), "end": round(end, 3)} for w, start, end in words]
+
+
+def word_alignment(words: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """``words`` as kaldi-gstreamer-server's ``word-alignment`` entries
+    (gst-kaldi-nnet2-online's keys: ``word``, ``start``, ``length``, ``confidence``);
+    ``start`` in seconds from the start of the stream."""
+    if words is None:
+        return None
+    return [
+        {
+            "word": w["word"],
+            "start": w["start"],
+            "length": round(w["end"] - w["start"], 3),
+            "confidence": WORD_CONFIDENCE,
+        }
+        for w in words
+    ]
 
 
 @dataclass(frozen=True)
@@ -197,14 +247,20 @@ _EVENT_TYPES: dict[str, type[Any]] = {
 
 
 def serialize_event(event: Event) -> bytes:
-    return json.dumps({"type": event.type, **asdict(event)}, ensure_ascii=False).encode()
+    fields = asdict(event)
+    if isinstance(event, FinalResult) and event.words is None:
+        del fields["words"]  # a final without times reads as before they existed
+    return json.dumps({"type": event.type, **fields}, ensure_ascii=False).encode()
 
 
 def parse_event(data: bytes | str) -> Event:
+    """An event; fields this version does not know (a newer worker's) are ignored, so
+    a gateway reads the events of the next release during a rolling upgrade."""
     try:
         raw = json.loads(data)
         cls = _EVENT_TYPES[raw.pop("type")]
-        return cls(**raw)  # type: ignore[no-any-return]
+        known = {f.name for f in dataclass_fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})  # type: ignore[no-any-return]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise WireError(f"bad event {data!r:.200}") from exc
 

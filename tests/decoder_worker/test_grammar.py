@@ -52,6 +52,24 @@ def test_unknown_word_is_named() -> None:
         GrammarCompiler.compile_with(["불 켜", "불 꺼"], vocab)
 
 
+def test_vosk_treatment_drops_unknown_words_and_keeps_the_rest() -> None:
+    """vosk-server drops words its model lacks and keeps the rest; a list left with no
+    phrase is refused (status 7) naming what was missing."""
+    vocab = frozenset({"불", "켜", "ZERO", "ONE"})
+    text = GrammarCompiler.compile_with(
+        ["불 꺼", "불 켜", "꺼", "zero one"], vocab, skip_unknown=True
+    )
+    assert text == fst_text([["불"], ["불", "켜"], ["ZERO", "ONE"]])
+    with pytest.raises(GrammarError, match=r"no phrase is left.*'꺼'"):
+        GrammarCompiler.compile_with(["꺼", "꺼 꺼"], vocab, skip_unknown=True)
+
+
+def test_a_word_is_found_in_the_models_case() -> None:
+    """The default model spells Latin-script words in capitals (``ZERO``)."""
+    vocab = frozenset({"ZERO", "ONE"})
+    assert GrammarCompiler.compile_with(["zero One"], vocab) == fst_text([["ZERO", "ONE"]])
+
+
 async def test_compiler_caches_per_phrase_set(prepared_model: PreparedModel) -> None:
     compiler = GrammarCompiler(prepared_model.path / "words.txt")
     first = await compiler.compile(COMMANDS)
@@ -61,6 +79,8 @@ async def test_compiler_caches_per_phrase_set(prepared_model: PreparedModel) -> 
     with pytest.raises(GrammarError, match="xyzzyq"):
         await compiler.compile(["불 xyzzyq"])
     assert compiler.cached == 1
+    assert await compiler.compile(["불 xyzzyq"], skip_unknown=True) == fst_text([["불"]])
+    assert compiler.cached == 2
     refused = GrammarCompiler(prepared_model.path / "words.txt", supported=False)
     with pytest.raises(GrammarError, match="does not support"):
         await refused.compile(COMMANDS)
@@ -110,3 +130,7 @@ def test_session_request_carries_phrases_compatibly() -> None:
     restricted = SessionRequest("s", "ko", 1.5, phrases=("불 켜", "음악 틀어"))
     fields = {k.encode(): v.encode() for k, v in restricted.serialize().items()}
     assert SessionRequest.parse(fields) == restricted
+    assert "skip_unknown_words" not in restricted.serialize()
+    lenient = SessionRequest("s", "ko", 1.5, phrases=("불 켜",), skip_unknown_words=True)
+    fields = {k.encode(): v.encode() for k, v in lenient.serialize().items()}
+    assert SessionRequest.parse(fields) == lenient

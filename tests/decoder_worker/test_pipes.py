@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from decoder_worker import pipes
+from decoder_worker.engine import Decoded
 from decoder_worker.forking import ForkingEngine, _utterance_main, fork_process
 from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Final, Partial
@@ -160,18 +161,18 @@ class FakeEngine:
     def partial(self) -> str:
         return f"p{self.accepted}"
 
-    def finish(self) -> tuple[str, float]:
-        return "x", -float(self.accepted)
+    def finish(self) -> Decoded:
+        return Decoded("x", -float(self.accepted))
 
 
 def test_forking_engine_talks_to_its_utterance_process() -> None:
     template = FakeEngine()
     engine = ForkingEngine(template)
-    assert engine.partial() == "" and engine.finish() == ("", 0.0)  # nothing forked yet
+    assert engine.partial() == "" and engine.finish() == Decoded("", 0.0)  # nothing forked
     engine.accept(b"\x00\x00" * 300)
     engine.accept(b"\x00\x00" * 100)
     assert engine.partial() == "p400"
-    assert engine.finish() == ("x", -400.0)
+    assert engine.finish() == Decoded("x", -400.0)
     engine.accept(b"\x00\x00" * 7)  # the next utterance starts from the pristine template
     assert engine.partial() == "p7"
     engine.close()

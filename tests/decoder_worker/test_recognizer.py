@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decoder_worker.engine import KagEngine
+from decoder_worker.engine import Decoded, KagEngine
 from decoder_worker.model import EndpointRules, PreparedModel
 from decoder_worker.recognizer import Final, Partial, Recognizer
 
@@ -48,10 +48,10 @@ class FakeEngine:
     def partial(self) -> str:
         return f"p{self.accepted}" if self.partial_changes else "same"
 
-    def finish(self) -> tuple[str, float]:
+    def finish(self) -> Decoded:
         self.utterances.append(self.accepted)
         self.accepted = 0
-        return self.finals.pop(0), -1.5
+        return Decoded(self.finals.pop(0), -1.5)
 
 
 def three_utterances(speech: bytes) -> bytes:
@@ -164,4 +164,4 @@ def test_real_clip_is_deterministic(reference_decode: Callable[..., list[Final]]
 def test_engine_finish_without_audio_is_empty(kag_engine: KagEngine) -> None:
     kag_engine.accept(b"")
     assert kag_engine.partial() == ""
-    assert kag_engine.finish() == ("", 0.0)
+    assert kag_engine.finish() == Decoded("", 0.0)

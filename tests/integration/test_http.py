@@ -72,7 +72,9 @@ async def test_chunked_upload_is_decoded_while_it_uploads(
     assert seen_streaming == [True]
     assert list(reply) == ["status", "id", "hypotheses"]
     assert reply["status"] == 0 and reply["id"]
-    assert reply["hypotheses"] == [{"utterance": reference_text}]
+    (hypothesis,) = reply["hypotheses"]
+    assert hypothesis["utterance"] == reference_text
+    assert [w["word"] for w in hypothesis["word-alignment"]] == reference_text.split()
 
 
 async def test_post_of_a_wav_file_is_detected(
@@ -112,7 +114,9 @@ async def test_curl_upload_as_in_kgs_readme(
     assert proc.returncode == 0
     reply = json.loads(out)
     assert reply["status"] == 0
-    assert reply["hypotheses"] == [{"utterance": reference_text}]
+    (hypothesis,) = reply["hypotheses"]
+    assert hypothesis["utterance"] == reference_text
+    assert [w["word"] for w in hypothesis["word-alignment"]] == reference_text.split()
 
 
 async def test_no_worker_is_503_with_retry_after(empty_gateway: Cluster, speech_wav: Path) -> None:

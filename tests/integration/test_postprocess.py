@@ -122,6 +122,8 @@ async def test_line_post_processor(
     hyps = [f["result"]["hypotheses"][0] for f in result.finals]
     assert [h["transcript"] for h in hyps] == [t + " <pp>" for t in texts]
     assert [h["original-transcript"] for h in hyps] == texts
+    # the times stay those of the decoder's words, the original transcript's
+    assert [[w["word"] for w in h["word-alignment"]] for h in hyps] == [t.split() for t in texts]
     partials = [m for m in result.messages if not m["result"]["final"]]
     assert all(p["result"]["hypotheses"][0]["transcript"].endswith(" <pp>") for p in partials)
 

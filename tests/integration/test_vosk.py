@@ -45,10 +45,14 @@ async def test_vosk_client_gets_the_kgs_transcript(
     assert len(replies) == sent, "exactly one reply per audio or eof message"
     assert code == 1000
     for reply in replies:
-        assert set(reply) in ({"partial"}, {"text"}), reply
+        assert set(reply) in ({"partial"}, {"text"}, {"result", "text"}), reply
     assert "text" in replies[-1]
     finals = [r["text"] for r in replies if r.get("text")]
     assert " ".join(finals) == " ".join(f.text for f in reference_decode(pcm))
+    # "words": true: each final's word entries, vosk-server's shape
+    for reply in replies:
+        if reply.get("text"):
+            assert [w["word"] for w in reply["result"]] == reply["text"].split()
 
 
 async def test_vosk_phrase_list_at_8khz(running: Cluster, espeak_wav) -> None:
@@ -62,13 +66,26 @@ async def test_vosk_phrase_list_at_8khz(running: Cluster, espeak_wav) -> None:
     assert " ".join(r["text"] for r in replies if r.get("text")) == "음악 틀어"
 
 
+async def test_vosk_phrase_list_drops_words_the_model_lacks(
+    running: Cluster, espeak_wav
+) -> None:
+    """As vosk-server: unknown words (and empty phrases) are dropped, the rest kept."""
+    pcm = pcm_of(espeak_wav("음악 틀어"))
+    phrases = [*COMMANDS, "뀱뀱 뀱뀱", "", "음악 뀱뀱 틀어"]
+    config = json.dumps({"config": {"phrase_list": phrases}}, ensure_ascii=False)
+    replies, sent, code = await converse(running.ws, pcm, config)
+    assert len(replies) == sent and code == 1000
+    assert " ".join(r["text"] for r in replies if r.get("text")) == "음악 틀어"
+
+
 async def test_vosk_errors_reply_and_close(running: Cluster) -> None:
     cases = [
         ("{not json", Status.NOT_ALLOWED, "not JSON"),
         ('{"config": {"max_alternatives": 3}}', Status.NOT_ALLOWED, "max_alternatives"),
         ('{"config": {"sample_rate": "fast"}}', Status.NOT_ALLOWED, "sample_rate"),
         ('{"hello": 1}', Status.NOT_ALLOWED, "Unsupported"),
-        ('{"config": {"phrase_list": ["불 뀱뀱"]}}', Status.BAD_GRAMMAR, "뀱뀱"),
+        # as vosk-server, a word the model lacks is dropped; a list left empty is refused
+        ('{"config": {"phrase_list": ["뀱뀱", "뀱뀱 뀱뀱"]}}', Status.BAD_GRAMMAR, "뀱뀱"),
         ('{"config": {"phrase_list": []}}', Status.BAD_GRAMMAR, "empty"),
     ]
     for text, status, words in cases:

@@ -54,6 +54,20 @@ def test_text_and_json() -> None:
     assert doc["text"] == "안녕하세요 반갑습니다" and doc["file"] == "a.wav"
     assert [s["index"] for s in doc["segments"]] == [0, 1]
     assert doc["segments"][1]["start"] == 3725.5
+    assert [s["words"] for s in doc["segments"]] == [None, None]  # no word times sent
+
+
+def test_json_has_each_segments_word_times() -> None:
+    timed = final(0, 0.31, 2.5, "안녕 하세요")
+    timed["result"]["hypotheses"][0]["word-alignment"] = [
+        {"word": "안녕", "start": 0.4, "length": 0.6, "confidence": 1.0},
+        {"word": "하세요", "start": 1.0, "length": 0.81, "confidence": 1.0},
+    ]
+    doc = json.loads(render(Transcript(messages=[timed]), "json", "a.wav"))
+    assert doc["segments"][0]["words"] == [
+        {"word": "안녕", "start": 0.4, "end": 1.0},
+        {"word": "하세요", "start": 1.0, "end": 1.81},
+    ]
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,12 @@ def test_final_round_trips_through_the_results_stream() -> None:
     assert parse_final_fields(as_redis(final_fields(fin))) == fin
 
 
+def test_a_newer_peers_extra_fields_are_ignored() -> None:
+    """A gateway reads the events of a worker one release newer (rolling upgrades)."""
+    event = parse_event(b'{"type": "partial", "segment": 2, "text": "x", "colour": "red"}')
+    assert event == PartialResult(2, "x")
+
+
 @pytest.mark.parametrize("raw", [b"", b"{}", b'{"type":"nope"}', b'{"type":"done"}', b"[1]"])
 def test_bad_events_raise_wire_error(raw: bytes) -> None:
     with pytest.raises(WireError):
