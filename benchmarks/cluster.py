@@ -28,12 +28,17 @@ from typing import Any
 from harness.cluster import KSC, LocalRedis, free_port, stop, wait_ready
 from harness.measure import tree_memory
 from harness.scoring import DEFAULT_CLIPS, cer, read_manifest
-from ksc.client import speech_url, stream
+from ksc.client import Transcript, speech_url, stream
 from shared import redis_client
 from shared.keys import Keys
 
 
-async def run_sessions(ws: str, clips: list[tuple[Path, str]], worker: int) -> dict[str, Any]:
+async def sampled_sessions(
+    ws: str, paths: list[Path], worker: int
+) -> tuple[dict[str, Any], list[Transcript]]:
+    """Stream ``paths`` at once, in real time, sampling the worker's process tree's
+    memory every 0.5 s; (the sample with the highest total PSS while every session had
+    its processes, the transcripts)."""
     samples: list[dict[str, Any]] = []
 
     async def sampler() -> None:
@@ -44,12 +49,16 @@ async def run_sessions(ws: str, clips: list[tuple[Path, str]], worker: int) -> d
     task = asyncio.create_task(sampler())
     try:
         results = await asyncio.gather(
-            *(stream(speech_url(ws), path.read_bytes(), realtime=True) for path, _ in clips)
+            *(stream(speech_url(ws), path.read_bytes(), realtime=True) for path in paths)
         )
     finally:
         task.cancel()
-    full = [s for s in samples if len(s["children"]) >= 2 * len(clips)]
-    peak = max(full or samples, key=lambda s: s["total_pss_mb"])
+    full = [s for s in samples if len(s["children"]) >= 2 * len(paths)]
+    return max(full or samples, key=lambda s: s["total_pss_mb"]), list(results)
+
+
+async def run_sessions(ws: str, clips: list[tuple[Path, str]], worker: int) -> dict[str, Any]:
+    peak, results = await sampled_sessions(ws, [path for path, _ in clips], worker)
     edits = chars = 0
     for (_, ref), result in zip(clips, results, strict=True):
         e, c = cer(ref, result.text)

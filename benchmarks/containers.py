@@ -44,8 +44,10 @@ from harness.env import REPO, TESTDATA
 from harness.failover import finals, run_session
 from harness.media import pcm_of
 from harness.pods import (
+    CHART,
     CPU_OF,
     PODMAN,
+    VALUES,
     Manifests,
     Node,
     Pod,
@@ -56,8 +58,6 @@ from harness.pods import (
 from harness.speech import assert_well_formed
 from shared.keys import Keys
 
-CHART = REPO / "helm" / "kaldi-stream-cluster"
-VALUES = REPO / "deploy" / "podman" / "values.yaml"
 KEYS = Keys("ksc")
 CLIP = "emotts_ava00001.wav"  # 10.8 s of read prose
 

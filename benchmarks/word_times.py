@@ -40,13 +40,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cluster import sampled_sessions
 from benchmarks.common import load_average, machine
 from harness.cluster import KSC, LocalRedis, free_port, stop, wait_ready
 from harness.env import CACHE, TESTDATA, TESTDATA_MORE
 from harness.measure import memory, percentile, tree_memory
 from harness.scoring import read_manifest
 from harness.word_times import Agreement, Word, agreement, vosk_words
-from ksc.client import speech_url, stream
 
 SETS = {"ko": TESTDATA, "ko-more": TESTDATA_MORE}
 DEFAULT_OUT = Path(__file__).parent / "results" / "word-times.json"
@@ -176,22 +176,7 @@ def agreement_report(ours: dict[str, list[Word]], theirs: dict[Path, list[Word]]
 
 
 async def _sessions(ws: str, clips: list[Path], worker: int) -> dict[str, Any]:
-    samples: list[dict[str, Any]] = []
-
-    async def sampler() -> None:
-        while True:
-            samples.append(tree_memory(worker))
-            await asyncio.sleep(0.5)
-
-    task = asyncio.create_task(sampler())
-    try:
-        results = await asyncio.gather(
-            *(stream(speech_url(ws), path.read_bytes(), realtime=True) for path in clips)
-        )
-    finally:
-        task.cancel()
-    full = [s for s in samples if len(s["children"]) >= 2 * len(clips)]
-    peak = max(full or samples, key=lambda s: s["total_pss_mb"])
+    peak, results = await sampled_sessions(ws, clips, worker)
     timed = sum("word-alignment" in f["result"]["hypotheses"][0] for r in results for f in r.finals)
     return {"peak": peak, "finals": sum(len(r.finals) for r in results), "timed_finals": timed}
 

@@ -63,6 +63,9 @@ __all__ = [
 
 #: podman with the repository's settings (docker/local/containers.conf).
 PODMAN = [str(REPO / "scripts" / "podman")]
+#: The chart, and the values it is rendered with for a run on this machine.
+CHART = REPO / "helm" / "kaldi-stream-cluster"
+VALUES = REPO / "deploy" / "podman" / "values.yaml"
 #: Every container started here carries this label (the value: the node's run id) and
 #: ``LABEL.owner`` (the pid of the process that started it), for clean-up.
 LABEL = "io.kaldi-stream-cluster.pods"

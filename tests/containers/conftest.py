@@ -22,6 +22,8 @@ import pytest
 from harness.cluster import wait_ready
 from harness.env import REPO, UNIT
 from harness.pods import (
+    CHART,
+    VALUES,
     Manifests,
     Node,
     Pod,
@@ -31,8 +33,6 @@ from harness.pods import (
     podman_missing,
 )
 
-CHART = REPO / "helm" / "kaldi-stream-cluster"
-VALUES = REPO / "deploy" / "podman" / "values.yaml"
 #: The chart's key prefix and its decoders' Deployment.
 PREFIX = "ksc"
 DECODERS = "ksc-decoder-ko"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.containers.conftest import CHART, VALUES
+from harness.pods import CHART, VALUES
 from tests.deploy.conftest import docs_of, run, tool, validate_builtin
 
 
