@@ -203,9 +203,23 @@ async def _whoami(url: str) -> str:
     try:
         await client.set("ksc:tls-test", "ok")
         assert await client.get("ksc:tls-test") == b"ok"
-        return (await client.execute_command("ACL", "WHOAMI")).decode()
+        name: bytes = await client.execute_command("ACL", "WHOAMI")
+        return name.decode()
     finally:
         await client.aclose()
+
+
+async def _eventually_whoami(url: str) -> None:
+    """``ACL WHOAMI`` through ``url`` answers :data:`USER` within 15 units."""
+    deadline = time.monotonic() + 15 * UNIT
+    while True:
+        try:
+            assert await _whoami(url) == USER
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def test_standalone_tls_with_a_user_and_a_private_ca(
@@ -227,30 +241,14 @@ async def test_sentinel_tls_with_users_of_its_own(
         f"?sentinel_password={SENTINEL_PASSWORD}&sentinel_username={SENTINEL_USER}"
         f"&ssl_ca_certs={ca}"
     )
-    deadline = time.monotonic() + 15 * UNIT
-    while True:  # the sentinel needs a moment to see its master
-        try:
-            assert await _whoami(url) == USER
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    await _eventually_whoami(url)  # the sentinel needs a moment to see its master
 
 
 async def test_cluster_tls_with_a_user(tls_dir: Path, servers: dict[str, Process]) -> None:
     ca = tls_dir / "ca.crt"
     cport = servers["cluster"].port
     url = f"rediss+cluster://{USER}:{PASSWORD}@127.0.0.1:{cport}?ssl_ca_certs={ca}"
-    deadline = time.monotonic() + 15 * UNIT
-    while True:  # slots are assigned, the node moves to cluster_state:ok
-        try:
-            assert await _whoami(url) == USER
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    await _eventually_whoami(url)  # slots are assigned, the node reaches cluster_state:ok
 
 
 async def test_the_wrong_ca_is_refused(tmp_path: Path, servers: dict[str, Process]) -> None:
