@@ -4,11 +4,13 @@
 
 A ``ksc gateway`` with no worker, and nothing else talking to it; in each round four
 clients open the vosk dialect's socket and send one large message, which the gateway
-refuses: a 16 MiB binary frame (status 9, no decoder) or a 4.8 MB config (status 5,
-larger than 64 KiB). The gateway's RSS is read after every round. With no other
-traffic its garbage collector (high thresholds, ``gateway/app.py``) seldom runs, so
-whatever a reference cycle holds stays: the soak of 2026-12-07 found the refused
-clients' messages held that way (``docs/reliability.md``, "Soak").
+refuses: a 16 MiB binary frame (status 9, no decoder), a 4.8 MB config (status 5,
+larger than 64 KiB), or the two in turn (two clients each). The gateway's RSS is read
+after every round. With no other traffic its garbage collector (high thresholds,
+``gateway/app.py``) seldom runs, so whatever a reference cycle holds stays: the first
+soak of 2026-12-07 found the refused clients' messages held that way; the second, that
+glibc kept the pages of large buffers once its mmap threshold had risen
+(``docs/reliability.md``, "Soak").
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ async def _refused(url: str, payload: bytes | str) -> None:
         await asyncio.wait_for(ws.recv(), 30)
 
 
-async def _drive(pid: int, url: str, payload: bytes | str, rounds: int) -> list[float]:
+async def _drive(pid: int, url: str, payloads: list[bytes | str], rounds: int) -> list[float]:
     deadline = time.monotonic() + 60
     while True:  # the gateway may still be starting
         try:
@@ -48,26 +50,29 @@ async def _drive(pid: int, url: str, payload: bytes | str, rounds: int) -> list[
             await asyncio.sleep(0.2)
     rss = [memory(pid)["rss"]]
     for _ in range(rounds):
-        for _ in range(CLIENTS_PER_ROUND):
-            await _refused(url, payload)
+        for n in range(CLIENTS_PER_ROUND):
+            await _refused(url, payloads[n % len(payloads)])
         await asyncio.sleep(0.5)
         rss.append(memory(pid)["rss"])
     return [round(r, 1) for r in rss]
 
 
 def measure(redis_url: str, kind: str, rounds: int) -> list[float]:
-    payload: bytes | str
-    if kind == "16 MiB frame":
-        payload = os.urandom(16 * 1024 * 1024 - 64)
-    else:
-        payload = json.dumps({"config": {"phrase_list": ["가 나 다"] * 400_000}})
+    frame = os.urandom(16 * 1024 * 1024 - 64)
+    config = json.dumps({"config": {"phrase_list": ["가 나 다"] * 400_000}})
+    kinds: dict[str, list[bytes | str]] = {
+        "16 MiB frame": [frame],
+        "4.8 MB config": [config],
+        "frame and config in turn": [frame, config],
+    }
+    payloads = kinds[kind]
     port = free_port()
     argv = [*KSC, "gateway", "--host", "127.0.0.1", "--port", str(port)]
     gateway = subprocess.Popen(
         [*argv, "--redis-url", redis_url, "--log-level", "warning"], cwd=REPO
     )
     try:
-        return asyncio.run(_drive(gateway.pid, f"ws://127.0.0.1:{port}/vosk", payload, rounds))
+        return asyncio.run(_drive(gateway.pid, f"ws://127.0.0.1:{port}/vosk", payloads, rounds))
     finally:
         gateway.terminate()
         gateway.wait(60)
@@ -80,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     with redis_server() as url:
-        for kind in ("16 MiB frame", "4.8 MB config"):
+        for kind in ("16 MiB frame", "4.8 MB config", "frame and config in turn"):
             rss = measure(url, kind, args.rounds)
             results[kind] = {
                 "sessions_refused": args.rounds * CLIENTS_PER_ROUND,

@@ -16,6 +16,7 @@ credential when authentication is on (:mod:`gateway.auth`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import signal
@@ -47,6 +48,9 @@ TOKEN_EXPIRED = (WSCloseCode.POLICY_VIOLATION, b"token expired")
 _CLOSE_GRACE_S = 5.0
 #: The garbage collector's thresholds in a gateway process (CPython's are 700, 10, 10).
 GC_THRESHOLDS = (10_000, 20, 20)
+#: glibc's ``mallopt`` parameter number of the mmap threshold, and the value pinned.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
 
 
 async def handle_status(request: web.Request) -> web.StreamResponse:
@@ -206,8 +210,28 @@ async def run(settings: GatewaySettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with serve(settings):
         _tune_gc()
+        _return_large_buffers()
         await stop.wait()
         log.info("gateway stopping")
+
+
+def _return_large_buffers() -> bool:
+    """Give the memory of every buffer of 1 MiB or more back to the system when it is
+    freed; whether that could be set (glibc only).
+
+    glibc serves large allocations with their own ``mmap`` and unmaps them on free,
+    but it raises that threshold to the size of the largest block freed so far (up to
+    32 MiB). After one 16 MiB frame, the buffers of every later large message (a
+    client's oversized frame or config, a long upload) came from the heap instead, and
+    their pages stayed with the process: the soak of 2026-12-07 saw the gateway's RSS
+    swing by 17 MB with each such message (``docs/reliability.md``, "Soak"). A fixed
+    threshold switches that adjustment off.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def _tune_gc() -> None:
