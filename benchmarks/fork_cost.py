@@ -1,12 +1,14 @@
-"""What decoding each utterance in a fresh fork costs (CPU), next to a warm decoder.
+"""What decoding an utterance in a fresh fork costs (CPU), next to a warm decoder.
 
     python -m benchmarks.fork_cost [--clip WAV] [--out benchmarks/results/fork_cost.json]
 
-The worker decodes every utterance in a fresh fork of a loaded, never-used engine, so
-that results depend on the audio alone (docs/engine.md). This measures the price:
+The worker decodes in fresh forks of a loaded, never-used engine, so that results
+depend on the audio alone (docs/engine.md); it used to fork once per utterance, and
+now once per decoder epoch. This measures what a fresh fork costs:
 
 - ``fork_ms``: the ``fork()`` call of a process holding the model (page tables);
-- ``cold_utterance_cpu_ms``: CPU of decoding the clip in a fresh fork (what a worker pays);
+- ``cold_utterance_cpu_ms``: CPU of decoding the clip in a fresh fork (what the first
+  utterance of an epoch pays);
 - ``warm_utterance_cpu_ms``: CPU of decoding it again in that same process, whose
   lazily expanded decoding graph is now warm (what a long-lived decoder would pay);
 - ``warmed_on_one_other_cpu_ms``: in a fresh fork of a template that decoded one other

@@ -2,8 +2,8 @@
 
 ``direct``: ``n`` processes forked from one loaded engine each take clips from a shared
 list and decode them with :func:`decoder_worker.recognizer.decode_pcm` — the
-recogniser the worker runs, each utterance in a fresh fork, exactly as a worker's slot
-does, minus the gateway, Redis and the worker's plumbing. ``through_cluster``: ``n``
+recogniser the worker runs, in forks of the engine (one per decoder epoch), exactly as
+a worker's slot does, minus the gateway, Redis and the worker's plumbing. ``through_cluster``: ``n``
 clients stream the same clips as fast as the cluster takes them (no real-time pacing)
 through a gateway and one worker with ``n`` slots. Throughput is audio seconds per wall
 second over the whole batch; the ratio of the two is the cluster's overhead figure.
@@ -90,4 +90,5 @@ def finalize_ms(engine: Any, clips: list[bytes]) -> list[float]:
         t0 = time.perf_counter()
         fork.finish()
         out.append((time.perf_counter() - t0) * 1000)
+        fork.close()
     return out

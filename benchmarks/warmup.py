@@ -2,12 +2,12 @@
 
     python -m benchmarks.warmup [--warmup none|sample] [--clips N] [--out FILE]
 
-The worker decodes every utterance in a fresh fork of a loaded, never-used engine
-(docs/engine.md), and that fork starts with kaldi-active-grammar's lazily expanded
-lookahead graph unexpanded: the first utterance in a process costs several times a
-warm one. ``--warmup sample`` lets the template decode the bundled sample
+The worker decodes in fresh forks of a loaded, never-used engine, one per decoder
+epoch (docs/engine.md), and each fork starts with kaldi-active-grammar's lazily
+expanded lookahead graph as the template left it: the first utterance in a process
+costs several times a warm one. ``--warmup sample`` lets the template decode the bundled sample
 (``shared/samples/ko-sample.wav``) once before any fork, so every fork inherits the
-expanded part of the graph. Each utterance still starts from one fixed state, so
+expanded part of the graph. Each epoch still starts from one fixed state, so
 results stay reproducible (a takeover's replay stays exact); they are not the same
 results as without the warm-up, which is why the CER is measured next to the CPU.
 Run it with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` in the environment to see what

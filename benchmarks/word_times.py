@@ -8,10 +8,11 @@ from one decode to the next, and each way of loading a lexicon has its own memor
 
 * **Agreement and CPU, per set of recordings** (``ko``: 22 clips; ``ko-more``: 70). A
   spawned interpreter loads the engine as a worker does (per-utterance lexicon) and
-  decodes every clip with the worker's recogniser, each utterance in a fresh fork of
-  the engine. In each utterance's process the CPU spent before alignment (feature
-  extraction, decoding, finalising: the utterance's decode CPU) and the CPU of the
-  alignment itself are read with ``time.process_time`` (a fork starts at zero). The
+  decodes every clip with the worker's recogniser, in forks of the engine as a worker
+  does (one per decoder epoch). In the decoding process, the CPU spent on an utterance
+  before alignment (feature extraction, decoding, finalising: the utterance's decode
+  CPU) and the CPU of the alignment itself are read with ``time.process_time`` (a
+  fork starts at zero; each utterance counts from the end of the one before). The
   words are compared with those of the ``vosk`` package (``KaldiRecognizer``,
   ``SetWords(True)``, same model): of the words both produced (matched by sequence
   alignment, :mod:`harness.word_times`), the share whose start and end are both within
@@ -52,17 +53,19 @@ SETS = {"ko": TESTDATA, "ko-more": TESTDATA_MORE}
 DEFAULT_OUT = Path(__file__).parent / "results" / "word-times.json"
 
 
-# --- in a spawned interpreter: one engine, every clip, timed in each utterance --------
+# --- in a spawned interpreter: one engine, every clip, each utterance timed ----------
 
 
 class _Timed:
     """The loaded engine, with its finish in two timed steps (``decoder_worker``'s
-    ``Aligning`` protocol): each utterance's process appends one JSON line to ``log``."""
+    ``Aligning`` protocol): the decoding process appends one JSON line per utterance to
+    ``log``."""
 
     def __init__(self, engine: Any, log: int) -> None:
         self.engine = engine
         self.sample_rate = engine.sample_rate
         self._log = log
+        self._mark = 0.0  # the process's CPU when its last utterance was done (a fork: 0)
 
     def accept(self, pcm: bytes) -> None:
         self.engine.accept(pcm)
@@ -74,9 +77,11 @@ class _Timed:
         return self.engine.finalize()
 
     def align(self, decoded: Any) -> Any:
-        decode_cpu = time.process_time()  # this utterance's process began at zero
+        before = time.process_time()
+        decode_cpu = before - self._mark
         out = self.engine.align(decoded)
-        align_cpu = time.process_time() - decode_cpu
+        self._mark = time.process_time()
+        align_cpu = self._mark - before
         line = {"decode_cpu": decode_cpu, "align_cpu": align_cpu, "words": bool(decoded.text)}
         line["failed"] = out.align_failed
         os.write(self._log, (json.dumps(line) + "\n").encode())

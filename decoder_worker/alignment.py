@@ -7,7 +7,7 @@ at ``ksc model prepare``, :mod:`decoder_worker.lexicon`). Two ways to hand it on
 
 * **the whole lexicon**, loaded by the decoder's constructor: 3.4 s more to load and
   about 380 MB more per worker (shared by its forks, but a worker's memory all the same);
-* **per utterance** (what the worker does): after finalising, the utterance's process
+* **per utterance** (what the worker does): after finalising, the decoding process
   loads a lexicon of just that utterance's words (a few lines, read through the
   lexicon's byte-offset index) from an in-memory file. A few milliseconds of CPU per
   utterance, against the hundreds its decoding costs, and no memory to speak of. The

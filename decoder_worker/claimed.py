@@ -2,12 +2,13 @@
 
 :class:`ClaimedSession` moves audio from the session's stream into its decoder process
 and publishes what comes back. With every final it saves, atomically with the final
-itself, the :class:`~decoder_worker.replay.ReplayPoint` — the start of the open segment
-— and trims the audio stream up to it (the arithmetic is :mod:`decoder_worker.replay`'s).
-Whoever resumes the session (another worker after this one died, or this one after its
-decoder process died) restarts there: finals keep their numbers, nothing is lost or
-sent twice, and because every utterance decodes in a fresh fork of the same engine the
-replayed segment comes out exactly as it would have.
+itself, the :class:`~decoder_worker.replay.ReplayPoint` — the start of the decoder's
+current epoch — and trims the audio stream up to it (the arithmetic is
+:mod:`decoder_worker.replay`'s). Whoever resumes the session (another worker after this
+one died, or this one after its decoder process died) restarts there: finals keep their
+numbers, the epoch's finals already delivered are decoded again and dropped, nothing is
+lost or sent twice, and because every epoch decodes in a fresh fork of the same engine
+the replayed segments come out exactly as they would have.
 
 Redis faults: the client retries a failed command for about ten seconds
 (:mod:`shared.redis_client`), which covers a restart or a quick Sentinel failover
@@ -272,7 +273,8 @@ class ClaimedSession:
             except GrammarError as exc:
                 raise SessionFailed(Status.BAD_GRAMMAR, str(exc)) from exc
             await self.slot.send(pipes.Grammar(grammar))
-        await self.slot.send(pipes.Start(point.segment, point.sample, self.worker.partial_interval))
+        start = pipes.Start(point.replay_segment, point.sample, self.worker.partial_interval)
+        await self.slot.send(start)
         ledger = AudioLedger(point, self.worker.sample_rate)
         feeder = asyncio.create_task(self._feed(point.after, ledger))
         collector = asyncio.create_task(self._collect(ledger))
@@ -334,9 +336,11 @@ class ClaimedSession:
         Returns the number of the next final and the samples the decoder received."""
         while True:
             match await self.slot.recv():
-                case pipes.Events(events, replay_sample):
+                case pipes.Events(events, replay_sample, replay_segment):
                     finals = []
                     for event in events:
+                        if event.segment < ledger.point.segment:
+                            continue  # a replayed epoch's result, delivered before
                         if isinstance(event, Partial):
                             text = await self.worker.post.partial(event.text)
                             if text is not None:  # None: a busy post-processor skips it
@@ -360,7 +364,7 @@ class ClaimedSession:
                             )
                             finals.append(await self.worker.post.final(final, self.sid))
                     if finals or ledger.worth_saving(replay_sample):
-                        await self._save(finals, ledger, replay_sample)
+                        await self._save(finals, ledger, replay_sample, replay_segment)
                 case pipes.Ended(samples):
                     return ledger.point.segment, samples
                 case pipes.NoSpeech():
@@ -373,10 +377,13 @@ class ClaimedSession:
                 case unknown:
                     assert_never(unknown)
 
-    async def _save(self, finals: list[FinalResult], ledger: AudioLedger, sample: int) -> None:
+    async def _save(
+        self, finals: list[FinalResult], ledger: AudioLedger, sample: int, segment: int
+    ) -> None:
         """Store the finals with the new replay point and trim the audio before it, in
         one fenced script (only while we own the session), then publish them."""
-        point, trim_before = ledger.advance(sample, finals[-1].segment if finals else None)
+        last = finals[-1].segment if finals else None
+        point, trim_before = ledger.advance(sample, last, replay_segment=segment)
         saved = await records.save_finals(
             self.redis,
             self.keys,

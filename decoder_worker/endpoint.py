@@ -155,8 +155,12 @@ class Endpointer:
 
     @property
     def earliest_next_start(self) -> int:
-        """The earliest sample a segment not yet opened could start at."""
-        return max(self._last_end, self._received - self.lookback_samples)
+        """The earliest sample a segment not yet opened could start at.
+
+        Counted from the last whole VAD frame, so that it lies on the frame grid of the
+        stream (as segment starts and ends do): an endpointer started there frames the
+        audio exactly as this one does, and finds the same segments."""
+        return max(self._last_end, self._pos - self.lookback_samples)
 
     def feed(self, pcm: bytes) -> list[SpeechEvent]:
         """Consume PCM (any length, even odd) and return the events it completes."""

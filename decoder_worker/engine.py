@@ -39,6 +39,7 @@ __all__ = [
     "Decoded",
     "Engine",
     "KagEngine",
+    "Renewable",
     "WordTime",
     "clean_text",
 ]
@@ -102,7 +103,7 @@ class Engine(Protocol):
 class Aligning(Protocol):
     """An engine whose :meth:`Engine.finish` is :meth:`finalize` then :meth:`align`.
 
-    The utterance's process (:mod:`decoder_worker.forking`) calls the two steps itself
+    The decoding process (:mod:`decoder_worker.forking`) calls the two steps itself
     and reports the text between them, so that a crash inside the native aligner costs
     the word times of that utterance, not its text.
     """
@@ -112,6 +113,19 @@ class Aligning(Protocol):
 
     def align(self, decoded: Decoded) -> Decoded:
         """``decoded`` with the word times of the utterance just finalised."""
+
+
+@runtime_checkable
+class Renewable(Protocol):
+    """An engine whose decoding state can be dropped: after :meth:`renew`, the next
+    utterance decodes from the engine's starting state, exactly as the first one did.
+
+    The recogniser renews it between decoder epochs (:mod:`decoder_worker.recognizer`),
+    which is what makes a replay from an epoch's start exact.
+    """
+
+    def renew(self) -> None:
+        """Forget what was decoded so far (no utterance may be open)."""
 
 
 def clean_text(raw: str) -> str:

@@ -1,16 +1,21 @@
-"""Fork-based isolation of decoding state.
+"""Fork-based isolation of decoding state: one decoding process per decoder epoch.
 
 kaldi-active-grammar's decoder carries process-wide state from one utterance to the
 next: the same audio decoded twice in one process can come out differently, and even a
 second engine loaded into a process that already decoded is affected (docs/engine.md).
 From one starting state, decoding is exactly reproducible. So nothing here ever decodes
-with a loaded engine directly: :class:`ForkingEngine` runs every utterance in a fresh
-fork of it. A segment's text then depends on that segment's audio alone — a worker
-that takes a session over and replays the open segment gets exactly the text the
-first worker would have, and the cluster matches a direct decode of the same audio.
+with a loaded engine directly: :class:`ForkingEngine` decodes in a fork of it, one
+process for a run of utterances — a decoder *epoch* — until :meth:`ForkingEngine.renew`
+drops it. The recogniser renews it every ``epoch_s`` of audio
+(:mod:`decoder_worker.recognizer`): what an epoch decodes depends on the epoch's audio
+alone, so a worker that takes a session over and replays the epoch gets exactly the
+text the first worker would have, and the cluster matches a direct decode of the same
+audio. Within an epoch the decoder stays warm: the lookahead graph it expanded for one
+utterance serves the next, which costs less CPU than a fresh fork per utterance did
+(``docs/performance.md``).
 
 Forking a process that maps the model costs a few milliseconds (page tables only; the
-model's pages stay shared copy-on-write), once per utterance.
+model's pages stay shared copy-on-write), once per epoch.
 """
 
 from __future__ import annotations
@@ -72,10 +77,14 @@ def fork_process(
     return pid, parent
 
 
-def _utterance_main(sock: socket.socket, engine: Engine, gate: CpuGate | None) -> None:
+def _decoder_main(sock: socket.socket, engine: Engine, gate: CpuGate | None) -> None:
     held = gate.held if gate is not None else nullcontext
     while True:
-        match pipes.recv_to_utterance(sock):
+        try:
+            msg = pipes.recv_to_decoder(sock)
+        except EOFError:  # the epoch or the session is over
+            return
+        match msg:
             case pipes.Accept(pcm):
                 with held():
                     engine.accept(pcm)
@@ -93,18 +102,18 @@ def _utterance_main(sock: socket.socket, engine: Engine, gate: CpuGate | None) -
                         decoded = engine.finish()
                         pipes.send(sock, pipes.Finished(decoded.text, decoded.likelihood))
                 pipes.send(sock, pipes.Aligned(decoded.words, decoded.align_failed))
-                return
             case unknown:
                 assert_never(unknown)
 
 
 class ForkingEngine:
-    """An :class:`~decoder_worker.engine.Engine` that decodes each utterance in a fork.
+    """An :class:`~decoder_worker.engine.Engine` that decodes in a fork of ``template``.
 
-    ``template`` must be a loaded engine that is never used directly. Audio is sent to
-    the utterance's process without waiting; ``partial`` and ``finish`` wait for it to
-    catch up, exactly as a direct call would. With a ``gate``, the process decodes only
-    while it holds one of the gate's tokens.
+    ``template`` must be a loaded engine that is never used directly. The first audio
+    forks a decoding process, which decodes every utterance until :meth:`renew` or
+    :meth:`close`. Audio is sent to it without waiting; ``partial`` and ``finish`` wait
+    for it to catch up, exactly as a direct call would. With a ``gate``, the process
+    decodes only while it holds one of the gate's tokens.
     """
 
     def __init__(self, template: Engine, gate: CpuGate | None = None) -> None:
@@ -116,7 +125,7 @@ class ForkingEngine:
 
     def _start(self) -> socket.socket:
         self._pid, self._sock = fork_process(
-            lambda sock: _utterance_main(sock, self._template, self._gate)
+            lambda sock: _decoder_main(sock, self._template, self._gate)
         )
         return self._sock
 
@@ -134,32 +143,34 @@ class ForkingEngine:
     def finish(self) -> Decoded:
         if self._sock is None:
             return Decoded("", 0.0)
+        pipes.send(self._sock, pipes.Finish())
+        reply = self._reply(pipes.Finished)
         try:
-            pipes.send(self._sock, pipes.Finish())
-            reply = self._reply(pipes.Finished)
-            try:
-                aligned = self._reply(pipes.Aligned)
-            except RuntimeError:  # it died aligning: the text stands, without times
-                log.warning("word alignment took the utterance's process down: no times")
-                return Decoded(reply.text, reply.likelihood, align_failed=True)
-            return Decoded(reply.text, reply.likelihood, aligned.words, aligned.failed)
-        finally:
-            self._reap(kill=False)  # it exits by itself after answering
+            aligned = self._reply(pipes.Aligned)
+        except RuntimeError:  # it died aligning: the text stands, without times
+            log.warning("word alignment took the decoding process down: no times")
+            return Decoded(reply.text, reply.likelihood, align_failed=True)
+        return Decoded(reply.text, reply.likelihood, aligned.words, aligned.failed)
+
+    def renew(self) -> None:
+        """End the decoding process: the next audio forks a fresh one."""
+        self._reap(kill=True)
 
     def _reply(self, expected: type[_Reply]) -> _Reply:
         assert self._sock is not None
         try:
-            reply = pipes.recv_from_utterance(self._sock)
+            reply = pipes.recv_from_decoder(self._sock)
         except EOFError:
             self._reap(kill=True)
-            raise RuntimeError("the utterance's decoder process died") from None
+            raise RuntimeError("the decoding process died") from None
         if not isinstance(reply, expected):
             self._reap(kill=True)
             raise pipes.PipeError(f"{type(reply).__name__} where {expected.__name__} was due")
         return reply
 
     def close(self) -> None:
-        """Abandon the open utterance, if any: its process is killed and reaped."""
+        """Abandon the decoding process, if any (an open utterance with it): it is
+        killed and reaped."""
         self._reap(kill=True)
 
     def _reap(self, *, kill: bool) -> None:

@@ -1,6 +1,6 @@
-"""Where decoding waits for a CPU: at most N utterance processes decode at one moment.
+"""Where decoding waits for a CPU: at most N decoding processes decode at one moment.
 
-A worker runs one process per utterance being decoded, often more than it has CPUs.
+A worker runs one decoding process per live session, often more than it has CPUs.
 Left to the scheduler, all of them share the CPUs in short slices: a stream that ends
 needs ≈70-100 ms of CPU to finalise, and at nine live streams on two CPUs it got a
 fifth of a CPU, so its final came over a second after the end of the audio while the

@@ -11,7 +11,8 @@ Where it happens: the worker checks the phrases against the model's vocabulary a
 builds the FST text (:class:`GrammarCompiler`, cached per phrase set under a digest of
 the normalised list), the session's decoder process adds it to its copy of the engine
 (:meth:`decoder_worker.engine.KagEngine.restrict`) before the first utterance, so every
-utterance of the session — each decoded in a fresh fork of that process — uses it.
+utterance of the session — decoded in forks of that process, one per decoder epoch —
+uses it.
 The worker's own engine never sees a grammar; sessions without phrases are untouched.
 
 A phrase with a word the model does not know, an empty list or one over the bounds

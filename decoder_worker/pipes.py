@@ -1,7 +1,7 @@
-"""Worker ⇄ session process ⇄ utterance process: every message on the two pipes.
+"""Worker ⇄ session process ⇄ decoding process: every message on the two pipes.
 
 A worker forks one process per claimed session (:mod:`decoder_worker.slots`), and that
-process forks one per utterance (:mod:`decoder_worker.forking`); each pair talks over
+process forks one per decoder epoch (:mod:`decoder_worker.forking`); each pair talks over
 a socket pair. Every message that crosses one is a frozen dataclass defined here;
 nothing else builds or takes apart what goes over a pipe. The receiving functions
 check that a message is one the receiver expects and raise :class:`PipeError`
@@ -17,22 +17,23 @@ Worker -> session process (:data:`ToSession`)::
 
 Session process -> worker (:data:`FromSession`)::
 
-    Events((Partial | Final, ...), replay_sample) ...
+    Events((Partial | Final, ...), replay_sample, replay_segment) ...
                                    also with no events, every ``REPORT_EVERY_S`` of audio
     Ended(samples)                 after End or Abort; the process exits
     NoSpeech(samples)              silence_timeout reached; the process exits
     Crashed(message)               decoding failed; the process exits
 
-``replay_sample`` is the recognizer's ``open_segment_start`` after those events: where a
-replacement would have to restart to lose nothing (:mod:`decoder_worker.replay`).
+``replay_sample`` and ``replay_segment`` are the recognizer's ``replay_point`` after
+those events: where a replacement would have to restart, with which segment number, to
+reproduce what comes next (:mod:`decoder_worker.replay`).
 
-Session process -> utterance process (:data:`ToUtterance`), and the replies
-(:data:`FromUtterance`)::
+Session process -> decoding process (:data:`ToDecoder`), and the replies
+(:data:`FromDecoder`)::
 
     Accept(pcm) ...                no reply: audio goes on without waiting
     Peek()                      -> BestPath(text)
-    Finish()                    -> Finished(text, likelihood), Aligned(words, failed);
-                                   the process exits
+    Finish()                    -> Finished(text, likelihood), Aligned(words, failed)
+    ... (the next utterance)       until the session process closes the pipe
 
 ``Finished`` goes out before the words are aligned: if the native aligner takes the
 process down, the utterance keeps its text and only loses its times.
@@ -64,23 +65,23 @@ __all__ = [
     "End",
     "Ended",
     "Events",
+    "FromDecoder",
     "FromSession",
-    "FromUtterance",
     "Grammar",
     "Message",
     "NoSpeech",
     "Peek",
     "PipeError",
     "Start",
+    "ToDecoder",
     "ToSession",
-    "ToUtterance",
     "encode",
     "read_frame",
     "read_from_session",
     "recv_frame",
-    "recv_from_utterance",
+    "recv_from_decoder",
+    "recv_to_decoder",
     "recv_to_session",
-    "recv_to_utterance",
     "send",
     "send_frame",
 ]
@@ -141,6 +142,7 @@ class Events:
 
     events: tuple[Event, ...]
     replay_sample: int
+    replay_segment: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class Crashed:
 FromSession = Events | Ended | NoSpeech | Crashed
 
 
-# --- session process -> utterance process, and back ---------------------------------
+# --- session process -> decoding process, and back ----------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +186,10 @@ class Peek:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """Finalise the utterance, answer with :class:`Finished`, and exit."""
+    """Finalise the utterance, answer with :class:`Finished` and :class:`Aligned`."""
 
 
-ToUtterance = Accept | Peek | Finish
+ToDecoder = Accept | Peek | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +211,9 @@ class Aligned:
     failed: bool
 
 
-FromUtterance = BestPath | Finished | Aligned
+FromDecoder = BestPath | Finished | Aligned
 
-Message = ToSession | FromSession | ToUtterance | FromUtterance
+Message = ToSession | FromSession | ToDecoder | FromDecoder
 
 
 # --- framing ------------------------------------------------------------------------
@@ -270,20 +272,20 @@ def recv_to_session(sock: socket.socket) -> ToSession:
     raise _unexpected(msg, "worker -> session")
 
 
-def recv_to_utterance(sock: socket.socket) -> ToUtterance:
-    """In an utterance process: the session process's next message."""
+def recv_to_decoder(sock: socket.socket) -> ToDecoder:
+    """In a decoding process: the session process's next message."""
     msg = recv_frame(sock)
-    if isinstance(msg, ToUtterance):
+    if isinstance(msg, ToDecoder):
         return msg
-    raise _unexpected(msg, "session -> utterance")
+    raise _unexpected(msg, "session -> decoder")
 
 
-def recv_from_utterance(sock: socket.socket) -> FromUtterance:
-    """In a session process: the utterance process's reply."""
+def recv_from_decoder(sock: socket.socket) -> FromDecoder:
+    """In a session process: the decoding process's reply."""
     msg = recv_frame(sock)
-    if isinstance(msg, FromUtterance):
+    if isinstance(msg, FromDecoder):
         return msg
-    raise _unexpected(msg, "utterance -> session")
+    raise _unexpected(msg, "decoder -> session")
 
 
 # --- asyncio streams (the worker's side of a session pipe) --------------------------

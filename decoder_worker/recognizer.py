@@ -7,6 +7,15 @@ it with a fake engine.
 Only audio inside speech segments reaches the engine. Besides saving CPU in silence,
 it measured slightly better than decoding the gaps too (docs/engine.md).
 
+Decoder epochs: an epoch ends with the first segment that ends :data:`EPOCH_S` seconds
+of audio or more after the epoch's first segment began; the next segment opens a new
+epoch, and the engine's decoding state is renewed then
+(:class:`~decoder_worker.engine.Renewable`). What an
+epoch decodes depends on its own audio alone, so :attr:`Recognizer.replay_point` — the
+start of the current epoch — is where a replacement restarts to reproduce everything
+that follows exactly. Longer epochs keep the decoder warm longer (less CPU) and make a
+replay after failover longer; 30 s keeps a replay to a few CPU seconds.
+
 Segment numbers count emitted finals only: a segment that decodes to nothing (a cough
 the VAD took for speech) produces no final and leaves no hole in the numbering, which
 kaldi-gstreamer-server clients rely on. Partials carry the number the open segment
@@ -24,10 +33,13 @@ from decoder_worker.endpoint import (
     SpeechEnd,
     SpeechStart,
 )
-from decoder_worker.engine import Engine, WordTime
+from decoder_worker.engine import Engine, Renewable, WordTime
 from decoder_worker.model import EndpointRules
 
-__all__ = ["Event", "Final", "Partial", "Recognizer", "decode_pcm"]
+__all__ = ["EPOCH_S", "Event", "Final", "Partial", "Recognizer", "decode_pcm"]
+
+#: Seconds of audio after which the decoder's state is renewed at the next segment end.
+EPOCH_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Recognizer:
         first_segment: int = 0,
         offset_samples: int = 0,
         endpointer: EndpointerConfig = DEFAULT_ENDPOINTER,
+        epoch_s: float = EPOCH_S,
     ) -> None:
         self._engine = engine
         self._rate = engine.sample_rate
@@ -86,18 +99,24 @@ class Recognizer:
         #: where its word times count from
         self._origin: int | None = None
         self._since_partial = 0
+        self._epoch_samples = epoch_s * self._rate
+        #: (first sample, first segment number) of the current decoder epoch
+        self._epoch: tuple[int, int] | None = None
+        self._engine_used = False  # whether the engine decoded since it was renewed
 
     @property
-    def open_segment_start(self) -> int:
-        """Where a replay after failover must restart to reproduce what comes next.
+    def replay_point(self) -> tuple[int, int]:
+        """Where a replay after failover must restart to reproduce what comes next, and
+        the number of the segment that starts there: (absolute sample, segment).
 
-        The start of the open segment; with none open, the earliest sample a segment
-        not yet detected could start at (its pre-roll may reach back a little), which
-        is at most a fraction of a second before the current position.
+        The start of the current decoder epoch (its first segment); with none open,
+        the earliest sample a segment not yet detected could start at (its pre-roll may
+        reach back a little), at most a fraction of a second before the current
+        position.
         """
-        if self._seg_start is not None:
-            return self._seg_start
-        return self._endpointer.earliest_next_start
+        if self._epoch is not None:
+            return self._epoch
+        return self._endpointer.earliest_next_start, self._next_segment
 
     @property
     def samples_received(self) -> int:
@@ -144,6 +163,13 @@ class Recognizer:
         return events
 
     def _open(self, sample: int) -> None:
+        if self._epoch is None:
+            # A new epoch: the engine forgets the last one now, not when that ended,
+            # so that dropping its state never delays a final.
+            if self._engine_used and isinstance(self._engine, Renewable):
+                self._engine.renew()
+            self._engine_used = False
+            self._epoch = (sample, self._next_segment)
         self._seg_start = sample
         self._fed = sample
         self._origin = None
@@ -174,6 +200,9 @@ class Recognizer:
             )
             self._next_segment += 1
         self._seg_start = None
+        assert self._epoch is not None
+        if speech.sample - self._epoch[0] >= self._epoch_samples:
+            self._epoch = None
 
     def _feed_engine(self, until: int, events: list[Event], *, partials: bool = True) -> None:
         """Give the engine the open segment's audio from ``_fed`` up to ``until``."""
@@ -184,6 +213,7 @@ class Recognizer:
         if self._origin is None:
             self._origin = self._buf_start + lo // 2
         self._engine.accept(bytes(self._buf[lo:hi]))
+        self._engine_used = True
         self._since_partial += until - self._fed
         self._fed = until
         self._trim(until)
@@ -208,11 +238,16 @@ def decode_pcm(
     chunk_bytes: int = 8000,
     *,
     endpointer: EndpointerConfig = DEFAULT_ENDPOINTER,
+    epoch_s: float = EPOCH_S,
 ) -> list[Final]:
     """Decode a whole recording in-process; the reference the cluster is compared to."""
-    recognizer = Recognizer(engine, rules, partial_interval=float("inf"), endpointer=endpointer)
+    recognizer = Recognizer(
+        engine, rules, partial_interval=float("inf"), endpointer=endpointer, epoch_s=epoch_s
+    )
     finals: list[Final] = []
     for i in range(0, len(pcm), chunk_bytes):
         finals.extend(e for e in recognizer.feed(pcm[i : i + chunk_bytes]) if isinstance(e, Final))
     finals.extend(e for e in recognizer.end() if isinstance(e, Final))
+    if isinstance(engine, Renewable):
+        engine.renew()  # what a session's end does to its decoding process
     return finals

@@ -1,14 +1,15 @@
 """Session processes: each claimed session runs in its own fork of the worker.
 
 The worker loads the engine once and never decodes with it. A session's process runs
-the recognizer (endpointing, segment numbering) and hands each utterance to a further
-fork of the pristine engine (:class:`~decoder_worker.forking.ForkingEngine`), so the
-model's pages stay shared copy-on-write, the Kaldi call never blocks the worker's event
-loop, and every utterance decodes from the same state. When the session ends its
-process exits, and whatever its decoders cached goes with it.
+the recognizer (endpointing, segment numbering, decoder epochs) and hands the audio to a
+further fork of the pristine engine, one per decoder epoch
+(:class:`~decoder_worker.forking.ForkingEngine`), so the model's pages stay shared
+copy-on-write, the Kaldi call never blocks the worker's event loop, and every epoch
+decodes from the same state. When the session ends its process exits, and whatever its
+decoders cached goes with it.
 
 The messages on the pipe between the worker and a session process, and those between
-that process and its utterances' processes, are defined in :mod:`decoder_worker.pipes`.
+that process and its decoding process, are defined in :mod:`decoder_worker.pipes`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _serve_one_session(
                 case pipes.Audio(pcm):
                     events = recognizer.feed(pcm)
                     if events or recognizer.samples_received - reported >= report_every:
-                        report = pipes.Events(tuple(events), recognizer.open_segment_start)
+                        report = pipes.Events(tuple(events), *recognizer.replay_point)
                         pipes.send(sock, report)
                         reported = recognizer.samples_received
                     if no_speech_limit and recognizer.samples_without_speech >= no_speech_limit:
@@ -88,7 +89,7 @@ def _serve_one_session(
                 case pipes.End():
                     events = recognizer.end()
                     if events:
-                        report = pipes.Events(tuple(events), recognizer.open_segment_start)
+                        report = pipes.Events(tuple(events), *recognizer.replay_point)
                         pipes.send(sock, report)
                     pipes.send(sock, pipes.Ended(recognizer.samples_received))
                     return
@@ -182,7 +183,7 @@ class DecoderPool:
     ) -> None:
         self._engine = engine
         self._rules = rules
-        #: how many of the sessions' utterance processes decode at one moment
+        #: how many of the sessions' decoding processes decode at one moment
         self.gate = gate
         #: seconds of audio without speech after which a session ends (0: never)
         self.silence_timeout = silence_timeout

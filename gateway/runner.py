@@ -400,7 +400,8 @@ class SessionRunner:
         while True:
             event = await events.get()
             if isinstance(event, Progress):
-                self._decoded = event.samples
+                # A takeover replays the decoder epoch: its progress starts behind.
+                self._decoded = max(self._decoded, event.samples)
                 self._progressed.set()
                 continue
             if isinstance(event, PartialResult) and self._audio_at:

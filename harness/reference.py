@@ -3,9 +3,9 @@
 kaldi-active-grammar carries process-wide state from one utterance to the next (a
 second engine loaded in a process that already decoded is not pristine either;
 ``docs/engine.md``). So the reference runs in a freshly spawned interpreter that loads
-the engine once, never decodes with it, and decodes each utterance in a fresh fork —
-as a worker does. :func:`pool` starts that interpreter; its ``decode(pcm)`` gives the
-finals a session of the same audio must give.
+the engine once, never decodes with it, and decodes in fresh forks of it, one per
+decoder epoch — as a worker does. :func:`pool` starts that interpreter; its
+``decode(pcm)`` gives the finals a session of the same audio must give.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def rss_mb(pid: int) -> float | None:
 
 
 def forks_pss(pid: int) -> tuple[int, float]:
-    """How many descendants ``pid`` has (a worker's session and utterance processes)
+    """How many descendants ``pid`` has (a worker's session and decoding processes)
     and their PSS in MB, summed: what they cost beyond the pages they share."""
     kids = children(pid)
     total = 0.0

@@ -70,6 +70,7 @@ def test_a_text_survives_an_aligner_that_dies() -> None:
     healthy = ForkingEngine(ScriptedEngine())
     healthy.accept(b"\x00\x00" * 8000)
     decoded = healthy.finish()
+    healthy.close()
     assert decoded.words == (WordTime("불", 0.1, 0.4), WordTime("켜", 0.4, 0.5))
 
 
@@ -108,6 +109,7 @@ def test_real_words_have_times_inside_their_utterance(
     engine = ForkingEngine(aligning_engine)
     engine.accept(pcm)
     decoded = engine.finish()
+    engine.close()
     assert decoded.words is not None and not decoded.align_failed
     assert [w.word for w in decoded.words] == decoded.text.split()
     previous = 0.0
@@ -128,4 +130,5 @@ def test_real_audio_cut_inside_a_word_gives_words_without_times(
     engine = ForkingEngine(aligning_engine)
     engine.accept(pcm[: int(MID_WORD_CUT_S * RATE) * 2])
     decoded = engine.finish()
+    engine.close()
     assert decoded.text and decoded.words is None and decoded.align_failed

@@ -1,4 +1,4 @@
-"""The pipes between the worker, a session process and its utterance processes: typed
+"""The pipes between the worker, a session process and its decoding process: typed
 messages round trip, a message of the wrong kind is refused with ``PipeError``, and
 real forks (with a fake engine, no Kaldi) speak the protocol end to end."""
 
@@ -17,7 +17,7 @@ import pytest
 
 from decoder_worker import pipes
 from decoder_worker.engine import Decoded
-from decoder_worker.forking import ForkingEngine, _utterance_main, fork_process
+from decoder_worker.forking import ForkingEngine, _decoder_main, fork_process
 from decoder_worker.model import EndpointRules
 from decoder_worker.recognizer import Final, Partial
 from decoder_worker.slots import DecoderPool, Slot, SlotDied
@@ -33,14 +33,14 @@ TO_SESSION: list[pipes.ToSession] = [
     pipes.Abort(),
 ]
 FROM_SESSION: list[pipes.FromSession] = [
-    pipes.Events((Partial(3, "불"), Final(3, "불 켜", -1.5, 3.0, 0.8, 4.0)), 64000),
-    pipes.Events((), 80000),
+    pipes.Events((Partial(3, "불"), Final(3, "불 켜", -1.5, 3.0, 0.8, 4.0)), 64000, 2),
+    pipes.Events((), 80000, 4),
     pipes.Ended(96000),
     pipes.NoSpeech(96000),
     pipes.Crashed("RuntimeError: boom"),
 ]
-TO_UTTERANCE: list[pipes.ToUtterance] = [pipes.Accept(b"\x00\x01"), pipes.Peek(), pipes.Finish()]
-FROM_UTTERANCE: list[pipes.FromUtterance] = [pipes.BestPath("불"), pipes.Finished("불 켜", -2.5)]
+TO_UTTERANCE: list[pipes.ToDecoder] = [pipes.Accept(b"\x00\x01"), pipes.Peek(), pipes.Finish()]
+FROM_UTTERANCE: list[pipes.FromDecoder] = [pipes.BestPath("불"), pipes.Finished("불 켜", -2.5)]
 
 
 @pytest.fixture
@@ -60,23 +60,23 @@ def test_messages_round_trip_over_a_socketpair(pair: tuple[socket.socket, socket
         assert pipes.recv_to_session(b) == msg
     for tu in TO_UTTERANCE:
         pipes.send(a, tu)
-        assert pipes.recv_to_utterance(b) == tu
+        assert pipes.recv_to_decoder(b) == tu
     for fu in FROM_UTTERANCE:
         pipes.send(b, fu)
-        assert pipes.recv_from_utterance(a) == fu
+        assert pipes.recv_from_decoder(a) == fu
 
 
 def test_a_message_of_another_pipe_is_refused(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    pipes.send(a, pipes.Audio(b"\x00\x00"))  # worker -> session, read as session -> utterance
-    with pytest.raises(pipes.PipeError, match="Audio is not a message of the session -> utt"):
-        pipes.recv_to_utterance(b)
+    pipes.send(a, pipes.Audio(b"\x00\x00"))  # worker -> session, read as session -> decoder
+    with pytest.raises(pipes.PipeError, match="Audio is not a message of the session -> decoder"):
+        pipes.recv_to_decoder(b)
     pipes.send(a, pipes.Ended(1))
     with pytest.raises(pipes.PipeError, match="Ended"):
         pipes.recv_to_session(b)
     pipes.send(a, pipes.Peek())
     with pytest.raises(pipes.PipeError):
-        pipes.recv_from_utterance(b)
+        pipes.recv_from_decoder(b)
     pipes.send_frame(a, ("audio", b"\x00\x00"))  # the tuples these messages replaced
     with pytest.raises(pipes.PipeError, match="tuple"):
         pipes.recv_to_session(b)
@@ -165,7 +165,7 @@ class FakeEngine:
         return Decoded("x", -float(self.accepted))
 
 
-def test_forking_engine_talks_to_its_utterance_process() -> None:
+def test_forking_engine_talks_to_its_decoding_process() -> None:
     template = FakeEngine()
     engine = ForkingEngine(template)
     assert engine.partial() == "" and engine.finish() == Decoded("", 0.0)  # nothing forked
@@ -173,14 +173,17 @@ def test_forking_engine_talks_to_its_utterance_process() -> None:
     engine.accept(b"\x00\x00" * 100)
     assert engine.partial() == "p400"
     assert engine.finish() == Decoded("x", -400.0)
-    engine.accept(b"\x00\x00" * 7)  # the next utterance starts from the pristine template
+    engine.accept(b"\x00\x00" * 7)  # the next utterance: same process, same epoch
+    assert engine.partial() == "p407"
+    engine.renew()
+    engine.accept(b"\x00\x00" * 7)  # a new epoch starts from the pristine template
     assert engine.partial() == "p7"
     engine.close()
     assert template.accepted == 0
 
 
-def test_an_utterance_process_exits_on_a_foreign_message() -> None:
-    pid, sock = fork_process(lambda s: _utterance_main(s, FakeEngine(), None))
+def test_a_decoding_process_exits_on_a_foreign_message() -> None:
+    pid, sock = fork_process(lambda s: _decoder_main(s, FakeEngine(), None))
     try:
         pipes.send(sock, pipes.Start(0, 0, 0.25))
         sock.settimeout(10 * UNIT)

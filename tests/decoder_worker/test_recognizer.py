@@ -120,16 +120,114 @@ def test_resume_offsets_are_absolute(espeak_clip: Path) -> None:
     assert rec.samples_received == offset + len(pcm) // 2
 
 
-def test_open_segment_start_marks_the_replay_point(espeak_clip: Path) -> None:
+def test_replay_point_is_the_start_of_the_first_segment(espeak_clip: Path) -> None:
     speech = read_pcm(espeak_clip)
     rec = Recognizer(FakeEngine(["x"]), RULES)
     rec.feed(noise(1.0))
-    assert rec.samples_received - 0.6 * RATE <= rec.open_segment_start <= rec.samples_received
+    sample, segment = rec.replay_point
+    assert rec.samples_received - 0.6 * RATE <= sample <= rec.samples_received
+    assert segment == 0
     rec.feed(speech[: len(speech) // 2])
-    start = rec.open_segment_start
-    assert 0.5 * RATE <= start <= 1.0 * RATE
+    start = rec.replay_point
+    assert 0.5 * RATE <= start[0] <= 1.0 * RATE and start[1] == 0
     rec.feed(speech[len(speech) // 2 :])
-    assert rec.open_segment_start == start
+    assert rec.replay_point == start
+
+
+class EpochEngine:
+    """A decoder whose text depends on what it decoded since it was last renewed, as
+    kaldi-active-grammar's does: each final names its place in the epoch."""
+
+    sample_rate = RATE
+
+    def __init__(self) -> None:
+        self.renewals = 0
+        self._renew_state()
+
+    def _renew_state(self) -> None:
+        self.utterance = 0
+        self.seen = 0
+
+    def accept(self, pcm: bytes) -> None:
+        self.seen += len(pcm) // 2
+
+    def partial(self) -> str:
+        return f"p{self.seen}"
+
+    def finish(self) -> Decoded:
+        self.utterance += 1
+        return Decoded(f"u{self.utterance}", -1.0)
+
+    def renew(self) -> None:
+        self.renewals += 1
+        self._renew_state()
+
+
+def _utterances(speech: bytes, n: int) -> bytes:
+    pcm = noise(0.5)
+    for i in range(n):
+        pcm += speech + noise(2.0, i + 2)
+    return pcm
+
+
+def test_epochs_renew_the_engine_and_hold_the_replay_point(espeak_clip: Path) -> None:
+    speech = read_pcm(espeak_clip)
+    pcm = _utterances(speech, 5)
+    per_utterance = len(speech) // 2 + 2 * RATE
+    # An epoch ends at the first segment end at least epoch_s after its start: here
+    # after every second segment.
+    epoch_s = 1.5 * per_utterance / RATE
+    engine = EpochEngine()
+    rec = Recognizer(engine, RULES, epoch_s=epoch_s, partial_interval=float("inf"))
+    points: list[tuple[int, int]] = []
+    finals: list[Final] = []
+    for i in range(0, len(pcm), 4000):
+        finals += [e for e in rec.feed(pcm[i : i + 4000]) if isinstance(e, Final)]
+        points.append(rec.replay_point)
+    finals += [e for e in rec.end() if isinstance(e, Final)]
+    assert [f.text for f in finals] == ["u1", "u2", "u1", "u2", "u1"]
+    assert engine.renewals == 2  # as segments 2 and 4 open a new epoch each
+    # The replay point is an epoch's first segment: segments 0, 2 and 4 (and in the
+    # gaps between epochs, the earliest start of the next segment).
+    starts = {(round(f.start * RATE), f.segment) for f in finals}
+    epoch_points = [p for p in points if p in starts]
+    assert {p[1] for p in epoch_points} == {0, 2, 4}
+
+
+def test_a_replay_from_any_reported_point_reproduces_what_follows(espeak_clip: Path) -> None:
+    speech = read_pcm(espeak_clip)
+    pcm = _utterances(speech, 5)
+    epoch_s = 1.5 * (len(speech) // 2 + 2 * RATE) / RATE
+
+    def run(offset: int, segment: int) -> tuple[list[Final], list[tuple[int, int]]]:
+        rec = Recognizer(
+            EpochEngine(),
+            RULES,
+            epoch_s=epoch_s,
+            partial_interval=float("inf"),
+            first_segment=segment,
+            offset_samples=offset,
+        )
+        finals: list[Final] = []
+        points = []
+        for i in range(2 * offset, len(pcm), 4000):
+            finals += [e for e in rec.feed(pcm[i : i + 4000]) if isinstance(e, Final)]
+            points.append(rec.replay_point)
+        finals += [e for e in rec.end() if isinstance(e, Final)]
+        return finals, points
+
+    def key(finals: list[Final]) -> list[tuple[int, str, float]]:
+        # Not ``total`` (the audio received when the final went out follows the
+        # chunking), nor ``length``: webrtcvad adapts to what it heard, so an
+        # endpointer started mid-stream may end a segment a frame away.
+        return [(f.segment, f.text, f.start) for f in finals]
+
+    whole, points = run(0, 0)
+    assert len(whole) == 5
+    for sample, segment in sorted(set(points)):
+        replayed, _ = run(sample, segment)
+        expected = [f for f in whole if f.segment >= segment]
+        assert key(replayed) == key(expected), (sample, segment)
 
 
 def test_real_engine_on_espeak(

@@ -51,13 +51,13 @@ def test_a_sample_on_an_entry_boundary_drops_the_entry_before_it() -> None:
     point, trim_before = ledger.advance(200, last_final=2)
     # entries 1 and 2 end at or before sample 200: a replay reads from entry 3 on,
     # skipping nothing, and the stream may lose everything before entry 3
-    assert point == ReplayPoint(segment=3, after="2-0", base=200, sample=200)
+    assert point == ReplayPoint(segment=3, after="2-0", base=200, sample=200, replay_segment=3)
     assert trim_before == "3-0"
     point, trim_before = ledger.advance(299)  # inside entry 3: it stays
-    assert point == ReplayPoint(segment=3, after="2-0", base=200, sample=299)
+    assert point == ReplayPoint(segment=3, after="2-0", base=200, sample=299, replay_segment=3)
     assert trim_before == "3-0"
     point, trim_before = ledger.advance(400)  # the end of what was taken
-    assert point == ReplayPoint(segment=3, after="3-0", base=300, sample=400)
+    assert point == ReplayPoint(segment=3, after="3-0", base=300, sample=400, replay_segment=3)
     assert trim_before == "4-0"  # the last entry taken is always kept
 
 
@@ -65,7 +65,7 @@ def test_no_entries_taken_yet_keeps_the_point_where_it_was() -> None:
     start = ReplayPoint(segment=2, after="5-0", base=800, sample=900)
     ledger = AudioLedger(start, RATE)
     point, trim_before = ledger.advance(950, last_final=6)
-    assert point == ReplayPoint(segment=7, after="5-0", base=800, sample=950)
+    assert point == ReplayPoint(segment=7, after="5-0", base=800, sample=950, replay_segment=7)
     assert trim_before == ""
     assert ledger.point == point
 
@@ -88,12 +88,29 @@ def test_saving_without_finals_waits_for_the_point_to_move_far_enough() -> None:
     assert not ledger.worth_saving(far + 1)  # measured from the point saved last
 
 
+def test_an_epoch_keeps_its_start_while_finals_move_on() -> None:
+    """Inside a decoder epoch the decoder restarts at the epoch's first segment (2), while
+    the finals delivered move on: a replay decodes segments 2 and 3 again and drops
+    them."""
+    ledger = AudioLedger(ReplayPoint(segment=2, replay_segment=2), RATE)
+    ledger.take("1-0", pcm(100))
+    ledger.take("2-0", pcm(100, 100))
+    point, trim_before = ledger.advance(0, last_final=3, replay_segment=2)
+    assert point == ReplayPoint(segment=4, after="0-0", base=0, sample=0, replay_segment=2)
+    assert trim_before == "1-0"  # the epoch's audio stays
+
+
 def test_fields_and_read_round_trip() -> None:
-    point = ReplayPoint(segment=12, after="1712345678901-3", base=48000, sample=52345)
+    point = ReplayPoint(
+        segment=12, after="1712345678901-3", base=48000, sample=52345, replay_segment=10
+    )
     meta = {k.encode(): str(v).encode() for k, v in point.fields().items()}
     meta[b"state"] = b"decoding"  # a record holds other fields too
     assert ReplayPoint.read(meta) == point
     assert ReplayPoint.read({}) == ReplayPoint()  # a record without a point: a fresh start
+    # A record saved before decoder epochs: the decoder restarts at the next final.
+    del meta[b"replay_segment"]
+    assert ReplayPoint.read(meta).replay_segment == 12
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
