@@ -85,10 +85,13 @@ def steal_seconds() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
-def clips(n: int, clip_s: float = 0.0) -> list[tuple[Path, str, bytes]]:
-    """The ``n`` longest test clips (live streams then overlap longest), or the bundled
-    sample when the test set is absent; cut to ``clip_s`` seconds if given."""
-    items = read_manifest(DEFAULT_CLIPS) if (DEFAULT_CLIPS / "manifest.tsv").exists() else []
+def clips(
+    n: int, clip_s: float = 0.0, folder: Path = DEFAULT_CLIPS
+) -> list[tuple[Path, str, bytes]]:
+    """The ``n`` longest clips of the test set in ``folder`` (live streams then overlap
+    longest), or the bundled sample when it is absent; cut to ``clip_s`` seconds if
+    given."""
+    items = read_manifest(folder) if (folder / "manifest.tsv").exists() else []
     if not items:
         sample = Path(__file__).resolve().parents[1] / "shared" / "samples" / "ko-sample.wav"
         items = [(sample, "")]
@@ -108,3 +111,14 @@ def clips(n: int, clip_s: float = 0.0) -> list[tuple[Path, str, bytes]]:
                 w.writeframes(pcm)
         out.append((path, ref, pcm))
     return out
+
+
+def redis_pid(url: str) -> int:
+    """The process id of the Redis server at ``url`` (its ``INFO server``)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()

@@ -7,18 +7,23 @@ they were computed from) and the plots ``throughput.png`` and ``latency.png`` in
 ``--out``. ``--smoke`` runs every stage with tiny parameters: it checks the harness,
 not the numbers. Stages, in order:
 
-1. decode cost: our recogniser (a fresh fork per utterance, as the cluster decodes) and
-   the ``vosk`` package on the same clips, one after the other in this process
-   (:mod:`benchmarks.cer`); CPU seconds per audio second;
+1. decode cost: our recogniser (forks of the loaded engine, one per decoder epoch, as
+   the cluster decodes) and the ``vosk`` package on the same clips, one after the
+   other in this process (:mod:`benchmarks.cer`); CPU seconds per audio second;
 2. cluster overhead: the same clips decoded by ``cores`` direct decoders and through
    gateway + Redis + one worker with ``cores`` slots, interleaved
    (:mod:`benchmarks.overhead`);
-3. live streams at rising concurrency against the cluster and against the vosk
-   websocket server (:mod:`benchmarks.vosk_server`), level by level, each level run
-   against both back to back (:mod:`benchmarks.streams`); the worker's PSS is sampled
-   meanwhile (:mod:`benchmarks.cluster`);
-4. the decoder's own finalize time, for the final latency above it;
-5. one gateway with many live streams and no decoders (:mod:`benchmarks.gateway_load`).
+3. live streams at rising concurrency against the cluster and against vosk-server's
+   ``asr_server.py`` (:mod:`benchmarks.vosk_server`), each level against both back to
+   back, each client streaming ``rounds`` held-out clips (``ko-more``) in turn, vosk's
+   clients waiting for each frame's reply as vosk-server's own do
+   (:mod:`benchmarks.streams`): latency, wall time against real time, the CPU of every
+   server process per audio second, how busy the CPUs were; the worker's PSS is
+   sampled meanwhile;
+4. accuracy: every clip of ``ko`` and ``ko-more`` through the cluster, as one
+   whole-utterance direct decode each, and with the ``vosk`` package (CER);
+5. the decoder's own finalize time, for the final latency above it;
+6. one gateway with many live streams and no decoders (:mod:`benchmarks.gateway_load`).
 """
 
 from __future__ import annotations
@@ -36,10 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cer, gateway_load, overhead, streams
-from benchmarks.common import CUTS, clips, load_average, machine, steal_seconds
+from benchmarks.common import CUTS, clips, load_average, machine, redis_pid, steal_seconds
 from benchmarks.common import cluster as run_cluster
 from harness.cluster import free_port, redis_server, stop
+from harness.env import TESTDATA, TESTDATA_MORE
 from harness.measure import max_sustained, percentile, tree_memory
+from harness.media import read_wav
+from harness.scoring import cer as score_cer
+from harness.scoring import read_manifest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = os.environ.get("KSC_CACHE") or str(Path.home() / ".cache" / "kaldi-stream-cluster")
@@ -54,7 +63,9 @@ class Params:
         self.overhead_clips = 2 if smoke else 8
         self.overhead_rounds = 1 if smoke else 4
         self.levels = [1] if smoke else [*range(1, 17), 18, 20]
+        self.rounds = 1 if smoke else 2  # clips each live client streams in turn
         self.clip_s = 2.0 if smoke else 0.0  # 0: whole clips
+        self.accuracy_clips = 2 if smoke else 0  # per set; 0: all of ko and ko-more
         self.gateway_streams = 5 if smoke else 500
         self.gateway_seconds = 3.0 if smoke else 20.0
 
@@ -94,7 +105,9 @@ def stage_overhead(p: Params, engine: Any, rules: Any, ws: str) -> dict[str, Any
     return {"decoders": p.decoders, "rounds": rounds, "ratio": cluster_tp / direct_tp}
 
 
-async def _level_with_pss(ws: str, worker_pid: int, pcms: list[bytes], c: int) -> dict[str, Any]:
+async def _level_with_pss(
+    ws: str, worker_pid: int, pids: list[int], pcms: list[bytes], c: int, rounds: int
+) -> dict[str, Any]:
     samples: list[float] = []
 
     async def sampler() -> None:
@@ -104,7 +117,7 @@ async def _level_with_pss(ws: str, worker_pid: int, pcms: list[bytes], c: int) -
 
     task = asyncio.create_task(sampler())
     try:
-        result = await streams.level("ours", ws, pcms, c, worker_pid)
+        result = await streams.level("ours", ws, pcms, c, pids, rounds)
     finally:
         task.cancel()
     result["peak_pss_mb"] = round(max(samples, default=0.0), 1)
@@ -112,11 +125,16 @@ async def _level_with_pss(ws: str, worker_pid: int, pcms: list[bytes], c: int) -
 
 
 def stage_levels(
-    p: Params, ws: str, worker_pid: int, vosk_url: str, vosk_pid: int
+    p: Params, cl: dict[str, Any], redis_url: str, vosk_url: str, vosk_pid: int
 ) -> dict[str, Any]:
-    pcms = [pcm for _, _, pcm in clips(max(p.levels), p.clip_s)]
+    """Each level against both servers back to back. Ours counts the CPU of every server
+    process (gateway, Redis, the worker with its session and decoding processes);
+    vosk's, its one process."""
+    # Held-out speakers (ko-more): nothing was tuned on them.
+    pcms = [pcm for _, _, pcm in clips(max(p.levels) * p.rounds, p.clip_s, TESTDATA_MORE)]
+    ours_pids = [cl["gateway_pid"], cl["worker_pid"], redis_pid(redis_url)]
     time.sleep(1.0)
-    idle = tree_memory(worker_pid)["total_pss_mb"]
+    idle = tree_memory(cl["worker_pid"])["total_pss_mb"]
     ours: list[dict[str, Any]] = []
     vosk: list[dict[str, Any]] = []
     for c in p.levels:
@@ -126,17 +144,77 @@ def stage_levels(
         if not (run_ours or run_vosk):
             break
         if run_ours:
-            row = asyncio.run(_level_with_pss(ws, worker_pid, pcms, c))
+            row = asyncio.run(
+                _level_with_pss(cl["ws"], cl["worker_pid"], ours_pids, pcms, c, p.rounds)
+            )
             row["pss_per_stream_mb"] = round((row["peak_pss_mb"] - idle) / c, 1)
             ours.append(row)
         if run_vosk:
-            vosk.append(asyncio.run(streams.level("vosk", vosk_url, pcms, c, vosk_pid)))
+            vosk.append(asyncio.run(streams.level("vosk", vosk_url, pcms, c, [vosk_pid], p.rounds)))
         print(
-            f"level {c}: ours p95 {ours[-1]['final_latency_p95_s']} s, "
-            f"vosk p95 {vosk[-1]['final_latency_p95_s']} s",
+            f"level {c}: ours p95 {ours[-1]['final_latency_p95_s']} s "
+            f"wall {ours[-1]['wall_ratio_max']} busy {ours[-1]['cpu_busy']}, "
+            f"vosk p95 {vosk[-1]['final_latency_p95_s']} s wall {vosk[-1]['wall_ratio_max']} "
+            f"busy {vosk[-1]['cpu_busy']}",
             file=sys.stderr,
         )
     return {"idle_pss_mb": round(idle, 1), "ours": ours, "vosk": vosk}
+
+
+def stage_accuracy(p: Params, engine: Any, ws: str) -> dict[str, Any]:
+    """CER of ko and ko-more through the cluster, as one whole-utterance direct decode
+    each, and with the vosk package."""
+    items: list[tuple[Path, str]] = []
+    for folder in (TESTDATA, TESTDATA_MORE):
+        if (folder / "manifest.tsv").exists():
+            items += read_manifest(folder)[: p.accuracy_clips or None]
+    pcms = [read_wav(path) for path, _ in items]
+    refs = [ref for _, ref in items]
+    through = overhead.through_cluster(ws, pcms, p.decoders)["texts"]
+    whole = [cer.whole_utterance(engine, pcm) for pcm in pcms]
+    vosk = cer.run_vosk(items)
+    out: dict[str, Any] = {"clips": len(items)}
+    for name, texts in (
+        ("cluster", through),
+        ("direct_whole", whole),
+        ("vosk", [c["hyp"] for c in vosk["clips"]]),
+    ):
+        edits = chars = 0
+        for ref, hyp in zip(refs, texts, strict=True):
+            e, n = score_cer(ref, hyp)
+            edits, chars = edits + e, chars + n
+        out[name] = {"cer": round(edits / chars, 4) if chars else None, "edits": edits}
+    out["ref_chars"] = chars
+    return out
+
+
+def _latency_vs_vosk(levels: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ours against vosk's p95 at every level vosk sustained."""
+    ours = {r["concurrency"]: r for r in levels["ours"]}
+    rows = []
+    for v in levels["vosk"]:
+        if not v["sustained"] or v["concurrency"] not in ours:
+            continue
+        o = ours[v["concurrency"]]
+        rows.append(
+            {
+                "concurrency": v["concurrency"],
+                "ours_p95_s": o["final_latency_p95_s"],
+                "vosk_p95_s": v["final_latency_p95_s"],
+                "ours_le_vosk": o["final_latency_p95_s"] <= v["final_latency_p95_s"],
+            }
+        )
+    return rows
+
+
+def _busy_before_limit(rows: list[dict[str, Any]]) -> float | None:
+    """How busy the CPUs got at the levels before ours' p95 passed the sustain limit."""
+    busy = []
+    for r in rows:
+        if r["final_latency_p95_s"] > streams.SUSTAIN_LIMIT_S:
+            break
+        busy.append(r["cpu_busy"])
+    return max(busy, default=None)
 
 
 def _live_cpu(rows: list[dict[str, Any]]) -> float | None:
@@ -173,16 +251,16 @@ def run(p: Params, out: Path) -> dict[str, Any]:
             stage("2: overhead")
             over = stage_overhead(p, engine, model.endpoint, cl["ws"])
             stage("3: live streams")
-            levels = stage_levels(
-                p, cl["ws"], cl["worker_pid"], f"ws://127.0.0.1:{vosk_port}/", vosk_proc.pid
-            )
+            levels = stage_levels(p, cl, url, f"ws://127.0.0.1:{vosk_port}/", vosk_proc.pid)
+            stage("4: accuracy, ko and ko-more")
+            accuracy = stage_accuracy(p, engine, cl["ws"])
     finally:
         stop(vosk_proc)
-    stage("4: finalize time")
+    stage("5: finalize time")
     fin = overhead.finalize_ms(
         engine, [pcm for _, _, pcm in clips(3 if not p.smoke else 1, p.clip_s)]
     )
-    stage("5: gateway")
+    stage("6: gateway")
     gw = gateway_load.measure(p.gateway_streams, p.gateway_seconds)
 
     cores = os.cpu_count() or 1
@@ -194,10 +272,25 @@ def run(p: Params, out: Path) -> dict[str, Any]:
     finalize = percentile(fin, 50)
     s_ours, s_vosk = max_sustained(levels["ours"]), max_sustained(levels["vosk"])
     top = [r for r in levels["ours"] if r["concurrency"] == max(s_ours, 1)]
+    live_cpu = {"ours": _live_cpu(levels["ours"]), "vosk": _live_cpu(levels["vosk"])}
+    vs_vosk = _latency_vs_vosk(levels)
     report: dict[str, Any] = {
         "overhead_ratio": round(over["ratio"], 3),
         "rtf_ratio_vs_vosk": round(cost["ours"]["rtf_cpu"] / cost["vosk"]["rtf_cpu"], 3),
         "streams_ratio_vs_vosk_server": round(s_ours / s_vosk, 3) if s_vosk else None,
+        "live_cpu_ratio_vs_vosk_server": (
+            round(live_cpu["ours"] / live_cpu["vosk"], 3)
+            if live_cpu["ours"] and live_cpu["vosk"]
+            else None
+        ),
+        "p95_latency_le_vosk_every_level": bool(vs_vosk)
+        and all(r["ours_le_vosk"] for r in vs_vosk),
+        "cpu_busy_before_p95_1s": _busy_before_limit(levels["ours"]),
+        "cer_cluster_minus_direct": (
+            round(accuracy["cluster"]["cer"] - accuracy["direct_whole"]["cer"], 4)
+            if accuracy["ref_chars"]
+            else None
+        ),
         # End of audio -> final at the client; it includes the decoder's own finalize
         # time, so it bounds the latency above that from above.
         "p95_final_latency_ms": round(percentile(lat_ours, 95), 1),
@@ -215,12 +308,12 @@ def run(p: Params, out: Path) -> dict[str, Any]:
             "ours": round(cost["ours"]["rtf_cpu"], 3),
             "vosk": round(cost["vosk"]["rtf_cpu"], 3),
         },
-        # The same, live: the server's CPU (a worker with all its processes, the vosk
-        # server with its threads) per audio second, median over the sustained levels.
-        "live_cpu_per_audio_s": {
-            "ours": _live_cpu(levels["ours"]),
-            "vosk": _live_cpu(levels["vosk"]),
-        },
+        # The same, live: the CPU of every server process (ours: gateway, Redis, worker
+        # and its processes; vosk: its process) per audio second, median over the
+        # sustained levels.
+        "live_cpu_per_audio_s": live_cpu,
+        "latency_vs_vosk": vs_vosk,
+        "accuracy": accuracy,
         "smoke": p.smoke,
         "machine": machine(),
         "load_average": {"before": load_before, "after": load_average()},
@@ -231,6 +324,7 @@ def run(p: Params, out: Path) -> dict[str, Any]:
             "overhead": over,
             "levels": levels,
             "sustain_limit_s": streams.SUSTAIN_LIMIT_S,
+            "wall_limit": streams.WALL_LIMIT,
             "finalize_ms": [round(x, 1) for x in fin],
             "latency_samples_ms": {
                 "ours": [round(x, 1) for x in lat_ours],

@@ -29,11 +29,26 @@ def max_sustained(rows: list[dict[str, Any]]) -> int:
 
 def cpu_seconds(pid: int, children: bool = False) -> float:
     """User + system CPU of one process so far; with ``children``, plus that of the
-    descendants it has waited for (a worker's ended session and utterance processes)."""
+    descendants it has waited for (a worker's ended session and decoding processes)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = sum(int(x) for x in fields[11 : 15 if children else 13])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_mark() -> tuple[int, int]:
+    """(busy, total) ticks of all CPUs since boot, for :func:`cpu_busy`; idle and
+    iowait are not busy."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    total = sum(ticks[:8])  # guest time is already inside user and nice
+    return total - ticks[3] - ticks[4], total
+
+
+def cpu_busy(mark: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that was busy since ``mark``, 0..1."""
+    busy, total = cpu_mark()
+    return (busy - mark[0]) / max(1, total - mark[1])
 
 
 def memory(pid: int) -> dict[str, float]:

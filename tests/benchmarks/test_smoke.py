@@ -22,6 +22,10 @@ KEYS = (
     "overhead_ratio",
     "rtf_ratio_vs_vosk",
     "streams_ratio_vs_vosk_server",
+    "live_cpu_ratio_vs_vosk_server",
+    "p95_latency_le_vosk_every_level",
+    "cpu_busy_before_p95_1s",
+    "cer_cluster_minus_direct",
     "p95_final_latency_ms",
     "partial_interval_p95_ms",
     "pss_per_stream_mb",
@@ -56,11 +60,19 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path, prepared_model: object)
     for round_ in details["overhead"]["rounds"]:
         assert round_["texts_equal"], round_
         assert round_["direct"]["throughput"] > 0 and round_["cluster"]["throughput"] > 0
-    # One live stream against each server, ended normally with a final.
+    # One live stream against each server, ended normally with a final; the server's
+    # CPU and the machine's were measured, and the client kept its pace.
     for kind in ("ours", "vosk"):
         (level,) = details["levels"][kind]
         assert level["errors"] == [], level
         assert len(level["final_latency_s"]) == 1
+        assert level["server_cpu_per_audio_s"] > 0 and 0 < level["cpu_busy"] <= 1
+        assert level["wall_ratio_max"] >= 0.99
+    # Accuracy: two clips of each set through the cluster, directly and with vosk.
+    accuracy = report["accuracy"]
+    assert accuracy["clips"] == 4 and accuracy["ref_chars"] > 0
+    for way in ("cluster", "direct_whole", "vosk"):
+        assert 0 <= accuracy[way]["cer"] < 1, accuracy
     assert details["levels"]["ours"][0]["peak_pss_mb"] > details["levels"]["idle_pss_mb"] > 0
     assert all(ms > 0 for ms in details["finalize_ms"])
     # Every frame of every gateway stream reached Redis and was matched to its send time.
