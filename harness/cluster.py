@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from gateway.state import Gateway
 from harness.env import CACHE, UNIT
-from ksc.local_redis import LocalRedis, free_port
+from ksc.local_redis import LocalRedis, cluster_port, free_port
 from shared import cluster
 from shared.keys import Keys
 
@@ -32,6 +32,7 @@ __all__ = [
     "KSC",
     "Cluster",
     "LocalRedis",
+    "cluster_port",
     "free_port",
     "redis_server",
     "start_gateway",

@@ -17,6 +17,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too: redis-server in cluster
+    mode refuses a port above 55535."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536:
+            with suppress(OSError), socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+                return port
+
+
 @dataclass
 class LocalRedis:
     """A private redis-server on loopback, its files in ``data_dir``: with AOF

@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.app import Gateway, serve
-from harness.cluster import free_port, start_worker, stop, wait_for_workers
+from harness.cluster import cluster_port, free_port, start_worker, stop, wait_for_workers
 from harness.env import UNIT
 from harness.failover import finals, run_session
 from harness.speech import SENTENCE, SENTENCES, assert_well_formed
@@ -382,16 +381,6 @@ async def test_sentinel_failover(
 
 
 # --- Redis Cluster: sessions end to end, and a takeover --------------------------------
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 < 65536:
-            with suppress(OSError), socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 10000))
-                return port
 
 
 async def owner_of_live_session(redis: Redis) -> str:

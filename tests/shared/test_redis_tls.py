@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import pytest
 
-from harness.cluster import free_port
+from harness.cluster import cluster_port, free_port
 from harness.env import UNIT
 from shared.redis_client import connect
 
@@ -160,7 +160,7 @@ def servers(tls_dir: Path) -> Iterator[dict[str, Process]]:
             + f"user default off\nuser {SENTINEL_USER} on >{SENTINEL_PASSWORD} allchannels +@all\n"
         )
         started["sentinel"] = start(tls_dir / "sentinel", sentinel, sport, sentinel=True)
-        cport = free_port()
+        cport = cluster_port()
         cluster = (
             tls_conf(tls_dir / "cluster", cport)
             + ACL
