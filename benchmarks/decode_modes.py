@@ -190,9 +190,7 @@ def _summary(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
     }
     if rows and rows[0][mode]["sys_s"] is not None and cpu and audio:
         out["sys_share"] = round(sum(r[mode]["sys_s"] for r in rows) / cpu, 3)
-        out["minor_faults_per_audio_s"] = round(
-            sum(r[mode]["minor_faults"] for r in rows) / audio
-        )
+        out["minor_faults_per_audio_s"] = round(sum(r[mode]["minor_faults"] for r in rows) / audio)
     return out
 
 

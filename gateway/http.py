@@ -370,6 +370,4 @@ async def handle_reference_get(request: web.Request) -> web.Response:
         key=lambda r: r.content_id,
     )
     headers = {} if total is None else {"X-Total-Count": str(total)}
-    return web.Response(
-        text=serialize_references(references), content_type=_JSON, headers=headers
-    )
+    return web.Response(text=serialize_references(references), content_type=_JSON, headers=headers)

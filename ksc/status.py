@@ -22,9 +22,7 @@ from shared.keys import Keys
 from shared.redis_client import RedisURLError
 
 
-def show(
-    settings: CommonSettings, *, url: str | None, as_json: bool, api_key: str = ""
-) -> int:
+def show(settings: CommonSettings, *, url: str | None, as_json: bool, api_key: str = "") -> int:
     """Print the cluster's state (from ``url``'s ``/status`` if given, else Redis);
     ``api_key`` for a gateway that requires one."""
     try:

@@ -66,9 +66,7 @@ async def test_vosk_phrase_list_at_8khz(running: Cluster, espeak_wav) -> None:
     assert " ".join(r["text"] for r in replies if r.get("text")) == "음악 틀어"
 
 
-async def test_vosk_phrase_list_drops_words_the_model_lacks(
-    running: Cluster, espeak_wav
-) -> None:
+async def test_vosk_phrase_list_drops_words_the_model_lacks(running: Cluster, espeak_wav) -> None:
     """As vosk-server: unknown words (and empty phrases) are dropped, the rest kept."""
     pcm = pcm_of(espeak_wav("음악 틀어"))
     phrases = [*COMMANDS, "뀱뀱 뀱뀱", "", "음악 뀱뀱 틀어"]
