@@ -106,7 +106,7 @@ def stage_overhead(p: Params, engine: Any, rules: Any, ws: str) -> dict[str, Any
 
 
 async def _level_with_pss(
-    ws: str, worker_pid: int, pids: list[int], pcms: list[bytes], c: int, rounds: int
+    ws: str, worker_pid: int, pids: dict[str, int], pcms: list[bytes], c: int, rounds: int
 ) -> dict[str, Any]:
     samples: list[float] = []
 
@@ -132,7 +132,11 @@ def stage_levels(
     vosk's, its one process."""
     # Held-out speakers (ko-more): nothing was tuned on them.
     pcms = [pcm for _, _, pcm in clips(max(p.levels) * p.rounds, p.clip_s, TESTDATA_MORE)]
-    ours_pids = [cl["gateway_pid"], cl["worker_pid"], redis_pid(redis_url)]
+    ours_pids = {
+        "gateway": cl["gateway_pid"],
+        "worker": cl["worker_pid"],
+        "redis": redis_pid(redis_url),
+    }
     time.sleep(1.0)
     idle = tree_memory(cl["worker_pid"])["total_pss_mb"]
     ours: list[dict[str, Any]] = []
@@ -150,7 +154,9 @@ def stage_levels(
             row["pss_per_stream_mb"] = round((row["peak_pss_mb"] - idle) / c, 1)
             ours.append(row)
         if run_vosk:
-            vosk.append(asyncio.run(streams.level("vosk", vosk_url, pcms, c, [vosk_pid], p.rounds)))
+            vosk.append(
+                asyncio.run(streams.level("vosk", vosk_url, pcms, c, {"vosk": vosk_pid}, p.rounds))
+            )
         print(
             f"level {c}: ours p95 {ours[-1]['final_latency_p95_s']} s "
             f"wall {ours[-1]['wall_ratio_max']} busy {ours[-1]['cpu_busy']}, "

@@ -31,7 +31,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,18 +168,25 @@ async def level(
     url: str,
     clips: list[bytes],
     concurrency: int,
-    server_pids: Sequence[int] = (),
+    server_pids: Mapping[str, int] | None = None,
     rounds: int = 1,
 ) -> dict[str, Any]:
     """``concurrency`` clients at once (started 50 ms apart), each streaming ``rounds``
     clips in turn (taken in turn from ``clips``).
 
-    ``server_pids``: the server's processes; their CPU and that of the descendants they
-    reaped (a worker's session and decoding processes) is counted per audio second."""
+    ``server_pids``: the server's processes by name; their CPU and that of the
+    descendants they reaped (a worker's decoding processes) is counted per audio second,
+    in all and per process (``<name>`` its own, ``<name>_children`` the reaped ones')."""
     client = stream_ours if kind == "ours" else stream_vosk
+    pids = dict(server_pids or {})
 
-    def server_cpu() -> float:
-        return sum(cpu_seconds(pid, children=True) for pid in server_pids)
+    def server_cpu() -> dict[str, float]:
+        parts = {}
+        for name, pid in pids.items():
+            own = cpu_seconds(pid)
+            parts[name] = own
+            parts[f"{name}_children"] = cpu_seconds(pid, children=True) - own
+        return parts
 
     cpu_before, busy_before = server_cpu(), cpu_mark()
 
@@ -200,10 +207,13 @@ async def level(
     audio = sum(r.audio_s for r in results)
     p95 = percentile(latencies, 95)
     errors = [r.error for r in results if r.error]
-    cpu = None
-    if server_pids:
-        await asyncio.sleep(REAP_WAIT_S)  # the last session processes end after the close
-        cpu = round((server_cpu() - cpu_before) / audio, 3)
+    cpu, by_process = None, None
+    if pids:
+        await asyncio.sleep(REAP_WAIT_S)  # the last decoding processes end after the close
+        after = server_cpu()
+        spent = {k: after[k] - cpu_before[k] for k in after}
+        cpu = round(sum(spent.values()) / audio, 3)
+        by_process = {k: round(v / audio, 4) for k, v in spent.items() if v > 0}
     return {
         "concurrency": concurrency,
         "rounds": rounds,
@@ -215,6 +225,7 @@ async def level(
         "partial_intervals_s": [round(x, 3) for r in results for x in r.partial_intervals()],
         "throughput_audio_s_per_s": round(audio / (ended - started), 3),
         "server_cpu_per_audio_s": cpu,
+        "server_cpu_per_audio_s_by_process": by_process,
         "cpu_busy": round(busy, 3),
         "sustained": not errors and p95 <= SUSTAIN_LIMIT_S and max(walls) <= WALL_LIMIT,
         "errors": errors,
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = ["--partial-interval", str(args.partial_interval)] if args.partial_interval else []
     intervals: list[float] = []
     with redis_server() as url, cluster(url, max(levels), cache, worker_args=extra) as cl:
-        pids = [cl["gateway_pid"], cl["worker_pid"], redis_pid(url)]
+        pids = {"gateway": cl["gateway_pid"], "worker": cl["worker_pid"], "redis": redis_pid(url)}
         for n, c in enumerate(levels):
             spy = None
             if args.profile is not None and n == 0:
