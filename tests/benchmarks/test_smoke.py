@@ -67,6 +67,9 @@ def test_bench_smoke_writes_every_figure(tmp_path: Path, prepared_model: object)
         assert level["errors"] == [], level
         assert len(level["final_latency_s"]) == 1
         assert level["server_cpu_per_audio_s"] > 0 and 0 < level["cpu_busy"] <= 1
+        # ... split by process: the parts add up to the whole.
+        parts = level["server_cpu_per_audio_s_by_process"]
+        assert abs(sum(parts.values()) - level["server_cpu_per_audio_s"]) < 0.01, parts
         assert level["wall_ratio_max"] >= 0.99
     # Accuracy: two clips of each set through the cluster, directly and with vosk.
     accuracy = report["accuracy"]
@@ -130,10 +133,32 @@ def test_soak_smoke_writes_every_check(tmp_path: Path, prepared_model: object) -
 
 
 @pytest.mark.parametrize(
-    "module", ["benchmarks.vosk_server", "benchmarks.gateway_load", "benchmarks.soak"]
+    "module",
+    [
+        "benchmarks.vosk_server",
+        "benchmarks.gateway_load",
+        "benchmarks.soak",
+        "benchmarks.warmup",
+        "benchmarks.finalize_cost",
+    ],
 )
 def test_entry_points_have_help(module: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0 and "usage" in proc.stdout
+
+
+def test_finalize_cost_times_each_step(tmp_path: Path, prepared_model: object) -> None:
+    out = tmp_path / "finalize.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.finalize_cost", "--clips", "1", "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, "KSC_CACHE": str(CACHE)},
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (clip,) = json.loads(out.read_text())["per_clip"]
+    assert all(clip[step] > 0 for step in ("finalize_decode_ms", "get_output_ms", "align_ms"))
